@@ -1,0 +1,101 @@
+"""SafeDistillConfig: TRL's SFTConfig plus every field of the distillation formats and SLowED.
+
+Fields, by group:
+
+* **Format** — ``distill_format`` (``standard`` | ``cascade`` | ``answer_first``), ``answer_phrase``,
+  ``cascade_alpha`` (CasCoD's alpha), ``answer_first_marker``.
+* **Data** — ``dataset_path``/``dataset_config`` style options live in the training script's
+  ``ScriptArguments``; here only what the trainer itself needs: ``skip_invalid_records``.
+* **SLowED** — low-entropy masking and slow tuning, inherited from
+  :class:`~trl_safedistill.methods.arguments.SLowEDArguments` (documented there).
+
+With ``distill_format="standard"`` and every SLowED option off, the trainer's loss is exactly
+SFTTrainer's: the sum of the target tokens' negative log-likelihood over their count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+from .methods.arguments import SLowEDArguments
+
+
+@dataclass
+class SafeDistillConfig(SLowEDArguments, SFTConfig):
+    r"""Configuration of [`SafeDistillTrainer`]: [`~trl.SFTConfig`] plus the distillation options.
+
+    Parameters:
+        distill_format (`str`, defaults to `"standard"`):
+            How records become training sequences: `standard` (question -> rationale, answer phrase, answer),
+            `cascade` (CasCoD: q->r and (q, r)->a sequences, joint loss) or `answer_first` (post-thinking: answer,
+            marker, rationale).
+        answer_phrase (`str`, defaults to `"Therefore, the answer is"`):
+            Phrase between rationale and answer (CasCoD's split phrase), used by every format and at inference.
+        cascade_alpha (`float`, defaults to `0.1`):
+            CasCoD's mixing weight: `L = (1 - alpha) * L_rationale + alpha * L_answer`, each a token mean over its own
+            segment's target tokens in the (accumulated, all-rank) batch. 0.1 is the released run script's value.
+        segment_loss (`str`, defaults to `"auto"`):
+            `pooled`: one token mean over all target tokens (TRL's SFT loss); `mixed`: CasCoD's two-term mix;
+            `auto`: `mixed` for `cascade`, `pooled` otherwise. Project choice: exposes the mix to every format.
+        answer_first_marker (`str`, defaults to `"\nExplanation:"`):
+            Text between the answer and the rationale in `answer_first`; generation may stop there.
+        bf16 (`bool` or `None`, defaults to `None`):
+            Unlike SFTConfig (True), None picks bf16 when a CUDA GPU supports it, so the same config runs on a CPU.
+        skip_invalid_records (`bool`, defaults to `False`):
+            Skip (and count) invalid rationale records instead of stopping at the first with an error.
+    """
+
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. None (default): on when a CUDA GPU supports it, off on CPU."},
+    )
+    distill_format: str = field(
+        default="standard",
+        metadata={"help": "Distillation format.", "choices": ["standard", "cascade", "answer_first"]},
+    )
+    answer_phrase: str = field(
+        default="Therefore, the answer is",
+        metadata={"help": "Phrase between rationale and answer, in training and at inference."},
+    )
+    cascade_alpha: float = field(
+        default=0.1,
+        metadata={"help": "CasCoD mix: L = (1 - alpha) * L_rationale + alpha * L_answer (released setting 0.1)."},
+    )
+    segment_loss: str = field(
+        default="auto",
+        metadata={
+            "help": "pooled: one token mean over all targets (TRL's SFT loss); mixed: (1-alpha)*L_r + alpha*L_a; "
+            "auto: mixed for cascade, pooled otherwise.",
+            "choices": ["auto", "pooled", "mixed"],
+        },
+    )
+    answer_first_marker: str = field(
+        default="\nExplanation:",
+        metadata={"help": "Marker between answer and rationale in answer_first; inference may stop there."},
+    )
+    skip_invalid_records: bool = field(
+        default=False,
+        metadata={"help": "Skip and count invalid records instead of raising on the first one."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            import torch
+
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+        if self.distill_format not in ("standard", "cascade", "answer_first"):
+            raise ValueError(f"distill_format must be standard, cascade or answer_first, got '{self.distill_format}'")
+        if not 0.0 <= self.cascade_alpha <= 1.0:
+            raise ValueError(f"cascade_alpha must lie in [0, 1], got {self.cascade_alpha}")
+        if self.segment_loss not in ("auto", "pooled", "mixed"):
+            raise ValueError(f"segment_loss must be auto, pooled or mixed, got '{self.segment_loss}'")
+
+    @property
+    def uses_mixed_loss(self) -> bool:
+        """Whether the loss is CasCoD's two-term mix rather than one pooled token mean."""
+        if self.segment_loss == "auto":
+            return self.distill_format == "cascade"
+        return self.segment_loss == "mixed"

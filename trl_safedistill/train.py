@@ -1,0 +1,160 @@
+"""``trl-safedistill train --config RECIPE.yaml``: parse -> load -> train -> save, TRL-script style.
+
+Also ``accelerate launch -m trl_safedistill.train --config RECIPE.yaml``. The parser is TRL's
+``TrlParser`` over (:class:`DistillScriptArguments`, :class:`SafeDistillConfig`, ``trl.ModelConfig``):
+the YAML sets values, command-line flags override them. QLoRA comes from ``ModelConfig``
+(``load_in_4bit``, ``bnb_4bit_quant_type: nf4``, ``use_peft``, ``lora_*``) through TRL's
+``get_quantization_config`` / ``get_peft_config``. ``model_name_or_path: embedded-default`` selects
+the offline SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+
+from .config import SafeDistillConfig
+from .records import DEFAULT_ANSWER_PHRASES, LoadReport, RationaleRecord, load_jsonl
+
+
+@dataclass
+class DistillScriptArguments:
+    """Where the rationales come from.
+
+    ``dataset_name``: a JSONL file (``.jsonl`` / ``.jsonl.gz``), ``bbh-cot`` (the shipped teacher
+    rationales, training split), or a Hugging Face dataset (hub name or local folder).
+    """
+
+    dataset_name: str = field(default="bbh-cot", metadata={"help": "JSONL path, 'bbh-cot', or a HF dataset name/path."})
+    dataset_config: str | None = field(default=None, metadata={"help": "HF dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    column_map: str | None = field(
+        default=None,
+        metadata={"help": 'JSON object mapping record fields to columns, e.g. {"question": "input", "cot": "prediction"}.'},
+    )
+    answer_phrases: list[str] = field(
+        default_factory=lambda: list(DEFAULT_ANSWER_PHRASES),
+        metadata={"help": "Phrases at which a single chain-of-thought string is split into rationale and answer."},
+    )
+    bbh_cot_tasks: list[str] | None = field(default=None, metadata={"help": "bbh-cot tasks to use (default: all 14)."})
+    max_train_records: int | None = field(default=None, metadata={"help": "Use at most this many records."})
+
+
+def load_records(script_args: DistillScriptArguments, skip_invalid: bool) -> tuple[list[RationaleRecord], LoadReport]:
+    """The training records named by ``script_args`` (validated; see :mod:`trl_safedistill.records`)."""
+    report = LoadReport()
+    column_map = json.loads(script_args.column_map) if script_args.column_map else None
+    name = script_args.dataset_name
+    if name == "bbh-cot":
+        from .data.bbh_cot import load_bbh_cot
+
+        records = load_bbh_cot(script_args.dataset_train_split if script_args.dataset_train_split != "all" else "all",
+                               tasks=script_args.bbh_cot_tasks)
+        report.kept = len(records)
+    elif name.endswith((".jsonl", ".jsonl.gz", ".json")) or Path(name).is_file():
+        records = load_jsonl(name, column_map=column_map, answer_phrases=script_args.answer_phrases,
+                             skip_invalid=skip_invalid, report=report)
+    else:
+        from datasets import load_dataset
+
+        from .records import validate_rows
+
+        dataset = load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
+        records = validate_rows(((i + 1, row) for i, row in enumerate(dataset)), source=name, column_map=column_map,
+                                answer_phrases=script_args.answer_phrases, skip_invalid=skip_invalid, report=report)
+    if script_args.max_train_records is not None:
+        records = records[: script_args.max_train_records]
+    if not records:
+        raise ValueError(f"{name}: no valid rationale record to train on")
+    return records, report
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((DistillScriptArguments, SafeDistillConfig, ModelConfig))
+
+
+def model_card(script_args: DistillScriptArguments, args: SafeDistillConfig, model_args: ModelConfig, n_records: int) -> str:
+    """A short model card naming the method, data and settings."""
+    slowed = f"entropy mask {args.entropy_mask_mode}, slow tuning {args.slow_tuning_rule}"
+    peft = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}" if model_args.use_peft else "full fine-tuning"
+    quant = " (4-bit NF4 QLoRA)" if model_args.load_in_4bit else ""
+    return "\n".join([
+        "---",
+        "library_name: peft" if model_args.use_peft else "library_name: transformers",
+        "tags: [trl, trl-safedistill, cot-distillation]",
+        "---",
+        f"# {Path(args.output_dir).name}",
+        "",
+        f"Chain-of-thought distillation with trl-safedistill: format `{args.distill_format}`"
+        + (f" (CasCoD, alpha={args.cascade_alpha})" if args.distill_format == "cascade" else "") + f"; {slowed}.",
+        "",
+        f"- base model: `{model_args.model_name_or_path}`",
+        f"- training: {peft}{quant}, lr {args.learning_rate}, steps {args.max_steps}, epochs {args.num_train_epochs}, "
+        f"batch {args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps}, seed {args.seed}",
+        f"- data: `{script_args.dataset_name}` ({n_records} rationale records), answer phrase `{args.answer_phrase}`",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    return run(script_args, training_args, model_args)
+
+
+def run(script_args: DistillScriptArguments, training_args: SafeDistillConfig, model_args: ModelConfig) -> int:
+    from datasets import Dataset
+
+    from .models import load_tokenizer, resolve_model_path
+    from .trainer import SafeDistillTrainer
+
+    records, report = load_records(script_args, training_args.skip_invalid_records)
+    if report.skipped:
+        print(f"skipped {report.skipped} invalid records: {dict(report.reasons)}", file=sys.stderr)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        training_args.model_init_kwargs["device_map"] = _kbit_device_map()
+    train_dataset = Dataset.from_list([r.to_dict() for r in records])
+    trainer = SafeDistillTrainer(
+        model=model_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=load_tokenizer(model_path),
+        quantization_config=quantization_config,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        Path(training_args.output_dir, "README.md").write_text(
+            model_card(script_args, training_args, model_args, len(records)), encoding="utf-8"
+        )
+        trainer.accelerator.print(f"saved to {training_args.output_dir}")
+    trainer.end()
+    return 0
+
+
+def _kbit_device_map():
+    """Where a 4-bit model goes: this process's GPU under accelerate, else the CPU (bitsandbytes runs NF4 there)."""
+    import torch
+    from accelerate import PartialState
+
+    if torch.cuda.is_available():
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""SafeDistillTrainer: TRL's SFTTrainer with per-segment CoT-distillation losses and SLowED.
+
+The loss is computed from TRL's fused LM head (``model(**inputs, fused_lm_head=True)``), which gives
+per-token ``log_probs``, ``entropy`` and ``label_mask`` without building the B·T·V logits. Each
+target token t has a segment s(t) in {rationale, answer} (from the dataset's ``segment_ids``) and a
+keep bit k_t (1 unless low-entropy masking drops it). With ``nll_t = -log p(y_t | y_<t, x)``:
+
+* pooled (``standard``, ``answer_first``; TRL's SFT loss when nothing is masked)::
+
+      L = sum_t k_t * nll_t / N
+
+* mixed (CasCoD, Dai et al. 2024, ``cascade``)::
+
+      L = (1 - alpha) * sum_{t in R} k_t * nll_t / N_R  +  alpha * sum_{t in A} k_t * nll_t / N_A
+
+where N, N_R, N_A count the *kept* target tokens of the whole optimizer step: every micro-batch of
+the gradient-accumulation window and, with ``average_tokens_across_devices``, every rank. Summing the
+micro-batch losses therefore gives the loss of one big batch (gradient-accumulation invariance). The
+counts are taken in :meth:`get_batch_samples`, before the forward passes. When low-entropy masking
+is on and the window has several micro-batches, the keep bits depend on the model, so a no-grad
+forward over the window computes them first (a documented cost: one extra forward per micro-batch,
+only in that case); with one micro-batch per step they come from the training forward itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+
+from .config import SafeDistillConfig
+from .dataset import SegmentCollator, is_record_dataset, records_from_rows, tokenize_records
+from .formats import Segment, get_format
+from .formats.answer_first import AnswerFirstFormat
+
+
+class SafeDistillTrainer(SFTTrainer):
+    """SFTTrainer for chain-of-thought distillation; takes the same arguments as [`~trl.SFTTrainer`].
+
+    ``train_dataset`` may hold rationale records (columns ``question``, ``rationale``, ``answer`` and
+    optionally ``id``, ``task``, ``choices``, ``description``): they are validated, rendered in
+    ``args.distill_format`` and tokenized with segment ids. A dataset already tokenized by
+    :func:`~trl_safedistill.dataset.tokenize_records` (with ``segment_ids``) is used as is, and any
+    other SFT dataset (text, messages, prompt/completion) is prepared by TRL, all its targets pooled.
+    """
+
+    _tag_names = ["trl", "sft", "trl-safedistill"]
+    _name = "SafeDistill"
+
+    def __init__(self, model: Any, args: SafeDistillConfig | None = None, *pargs: Any, **kwargs: Any):
+        if args is None:
+            model_id = model if isinstance(model, str) else model.config._name_or_path
+            args = SafeDistillConfig(f"{str(model_id).split('/')[-1]}-SafeDistill")
+        elif not isinstance(args, SafeDistillConfig):
+            raise TypeError(f"SafeDistillTrainer needs a SafeDistillConfig, got {type(args).__name__}")
+        if args.packing:
+            raise ValueError("packing=True is not supported: segment ids would cross packed sequence boundaries.")
+        super().__init__(model, args, *pargs, **kwargs)
+        self.data_collator = SegmentCollator(self.data_collator)
+        self._window_counts: torch.Tensor | None = None
+        self._window_counts_final = False
+        self.slow_tuning = None
+        if args.slow_tuning_rule != "off":
+            from .methods.slow_tuning import SlowTuningCallback
+
+            self.slow_tuning = SlowTuningCallback(args)
+            self.add_callback(self.slow_tuning)
+
+    # ----------------------------------------------------------------------------------------------- data
+    @staticmethod
+    def distill_format(args: SafeDistillConfig):
+        """The :class:`~trl_safedistill.formats.DistillFormat` configured by ``args``."""
+        if args.distill_format == "answer_first":
+            return AnswerFirstFormat(answer_phrase=args.answer_phrase, marker=args.answer_first_marker)
+        return get_format(args.distill_format, answer_phrase=args.answer_phrase)
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        columns = dataset.column_names or []
+        if is_record_dataset(columns):
+            records = records_from_rows(dataset, source=f"{dataset_name} dataset", skip_invalid=args.skip_invalid_records)
+            if not records:
+                raise ValueError(f"The {dataset_name} dataset has no valid rationale record to train on.")
+            dataset = tokenize_records(
+                records,
+                getattr(processing_class, "tokenizer", processing_class),
+                self.distill_format(args),
+                max_length=args.max_length,
+                truncation_mode=args.truncation_mode,
+            )
+            if args.shuffle_dataset:
+                dataset = dataset.shuffle(seed=args.seed)
+            return dataset
+        if "segment_ids" in columns and args.max_length is not None:
+            dataset = dataset.map(lambda row: {"segment_ids": _truncate(row["segment_ids"], args)})
+            dataset = dataset.map(
+                lambda row: {"input_ids": _truncate(row["input_ids"], args), "labels": _truncate(row["labels"], args)}
+            )
+        return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "segment_ids" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "segment_ids"]
+
+    # ---------------------------------------------------------------------------------------- token counts
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Collect the accumulation window, then count its (kept) target tokens per segment."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        masking = self.args.entropy_mask_mode != "off"
+        if batch_samples and masking and len(batch_samples) > 1:
+            for batch in batch_samples:
+                batch["keep_mask"] = self._prepass_keep_mask(batch, device)
+        self._window_counts = self._count_targets(batch_samples, device) if batch_samples else None
+        # With masking and a single micro-batch, the kept counts come from the training forward itself
+        self._window_counts_final = not masking or len(batch_samples) > 1
+        return batch_samples, num_items_in_batch
+
+    def _count_targets(self, batch_samples: list[dict], device) -> torch.Tensor:
+        """Kept target tokens in the window: ``[N_rationale, N_answer, N_total]`` over micro-batches and ranks."""
+        counts = torch.zeros(3, dtype=torch.long)
+        for batch in batch_samples:
+            targets = batch["labels"][..., 1:].ne(-100)
+            if "keep_mask" in batch:
+                targets = targets & batch["keep_mask"].cpu()
+            segments = batch.get("segment_ids")
+            if segments is None:
+                counts[0] += int(targets.sum())
+            else:
+                segments = segments[..., 1:]
+                counts[0] += int((targets & segments.ne(Segment.ANSWER)).sum())
+                counts[1] += int((targets & segments.eq(Segment.ANSWER)).sum())
+        counts[2] = counts[0] + counts[1]
+        counts = counts.to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return counts
+
+    @torch.no_grad()
+    def _prepass_keep_mask(self, batch: dict, device) -> torch.Tensor:
+        inputs = self._prepare_inputs({k: v for k, v in batch.items() if k not in ("segment_ids", "keep_mask")})
+        outputs = self.model(**inputs, use_cache=False, fused_lm_head=True)
+        segments = batch["segment_ids"][..., 1:].to(outputs.entropy.device) if "segment_ids" in batch else None
+        keep, _ = self._keep_mask(outputs, segments)
+        return keep.cpu()
+
+    def _keep_mask(self, outputs, segments: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        target = outputs.label_mask.bool()
+        if self.args.entropy_mask_mode == "off":
+            return target, {}
+        from .methods.entropy_mask import low_entropy_keep_mask
+
+        if segments is None:
+            segments = torch.full_like(target, int(Segment.RATIONALE), dtype=torch.long)
+        return low_entropy_keep_mask(outputs.entropy.detach(), target, segments, self.args, self.accelerator)
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        segment_ids = inputs.pop("segment_ids", None)
+        keep_mask = inputs.pop("keep_mask", None)
+        if segment_ids is None and self.args.entropy_mask_mode == "off" and not self.args.uses_mixed_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.compute_loss_func is not None or self.label_smoother is not None or self.args.loss_type != "nll":
+            raise ValueError("SafeDistillTrainer computes its own loss: unset compute_loss_func, label smoothing, loss_type.")
+
+        mode = "train" if model.training else "eval"
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        nll = -outputs.log_probs
+        segments = segment_ids[..., 1:].to(nll.device) if segment_ids is not None else None
+        if keep_mask is not None:
+            keep, stats = keep_mask.to(nll.device) & outputs.label_mask.bool(), {}
+        else:
+            keep, stats = self._keep_mask(outputs, segments)
+        keep = keep.to(nll.dtype)
+        is_answer = segments.eq(Segment.ANSWER).to(nll.dtype) if segments is not None else torch.zeros_like(nll)
+
+        counts = self._normalisers(keep, is_answer, num_items_in_batch)
+        sum_rationale = (nll * keep * (1 - is_answer)).sum()
+        sum_answer = (nll * keep * is_answer).sum()
+        if self.args.uses_mixed_loss:
+            alpha = self.args.cascade_alpha
+            loss = (1 - alpha) * sum_rationale / counts[0].clamp(min=1) + alpha * sum_answer / counts[1].clamp(min=1)
+        else:
+            loss = (sum_rationale + sum_answer) / counts[2].clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+
+        self._log_token_metrics(mode, inputs, outputs, keep, is_answer, nll, stats)
+        return (loss, outputs) if return_outputs else loss
+
+    def _normalisers(self, keep: torch.Tensor, is_answer: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """``[N_R, N_A, N]``: the accumulation window's counts in training, this batch's counts otherwise.
+
+        Without ``num_items_in_batch`` (a model that takes no loss kwargs) Trainer divides each micro-batch
+        loss by the accumulation steps itself, so per-batch counts are used then, as TRL does.
+        """
+        if self.model.training and num_items_in_batch is not None and self._window_counts_final:
+            return self._window_counts.to(keep.device, keep.dtype)
+        n_answer = (keep * is_answer).sum()
+        n_rationale = keep.sum() - n_answer
+        counts = torch.stack([n_rationale, n_answer, keep.sum()]).detach()
+        if self.model.training and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return counts
+
+    def _log_token_metrics(self, mode, inputs, outputs, keep, is_answer, nll, stats) -> None:
+        """TRL's metrics (entropy, token accuracy, tokens seen) plus per-segment losses and masking stats."""
+        gather = self.accelerator.gather_for_metrics
+        target = outputs.label_mask.to(nll.dtype)
+        num_valid = gather(target.sum()).sum()
+        metrics = self._metrics[mode]
+        metrics["entropy"].append((gather((outputs.entropy.detach() * target).sum()).sum() / num_valid).item() if num_valid > 0 else 0.0)
+        metrics["mean_token_accuracy"].append(
+            (gather(outputs.is_top1.sum()).sum() / num_valid).item() if num_valid > 0 else 0.0
+        )
+        with torch.no_grad():
+            for name, weight in (("rationale", target * (1 - is_answer)), ("answer", target * is_answer)):
+                count = gather(weight.sum()).sum()
+                if count > 0:
+                    metrics[f"loss_{name}"].append((gather((nll.detach() * weight).sum()).sum() / count).item())
+        for key, value in stats.items():
+            metrics[key].append(float(value))
+        if mode == "train":
+            if "attention_mask" in inputs:
+                tokens = gather(inputs["attention_mask"].sum()).sum().item()
+            else:
+                tokens = gather(torch.tensor(inputs["input_ids"].numel(), device=nll.device)).sum().item()
+            self._total_train_tokens += tokens
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.slow_tuning is not None:
+            self.slow_tuning.load_anchor(resume_from_checkpoint)
+
+
+def _truncate(values: list[int], args: SafeDistillConfig) -> list[int]:
+    if args.max_length is None or len(values) <= args.max_length:
+        return values
+    return values[: args.max_length] if args.truncation_mode == "keep_start" else values[-args.max_length :]
