@@ -1,0 +1,1 @@
+"""Where rationale records come from: teacher generation, offline sources, synthetic problems, compression."""
