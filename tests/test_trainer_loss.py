@@ -117,3 +117,17 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path, tiny_tokenizer, d
         torch.testing.assert_close(results[1][name], value, rtol=1e-4, atol=1e-6)
         moved = max(moved, (value - base.state_dict()[name]).abs().max().item())
     assert moved > 1e-4  # the step did move the weights
+
+
+def test_per_segment_losses_are_logged(tmp_path, tiny_tokenizer):
+    rows = [r.to_dict() for r in RECORDS[:4]]
+    args = config(tmp_path, distill_format="cascade", max_steps=2, per_device_train_batch_size=4)
+    trainer = SafeDistillTrainer(make_tiny_model(len(tiny_tokenizer)), args, train_dataset=Dataset.from_list(rows),
+                                 processing_class=tiny_tokenizer)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2
+    for entry in logged:
+        assert entry["loss_rationale"] > 0 and entry["loss_answer"] > 0
+        # the logged step loss is CasCoD's mix of the two (alpha 0.1), up to the logging's rounding
+        assert entry["loss"] == pytest.approx(0.9 * entry["loss_rationale"] + 0.1 * entry["loss_answer"], rel=0.02)
