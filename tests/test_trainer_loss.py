@@ -131,3 +131,68 @@ def test_per_segment_losses_are_logged(tmp_path, tiny_tokenizer):
         assert entry["loss_rationale"] > 0 and entry["loss_answer"] > 0
         # the logged step loss is CasCoD's mix of the two (alpha 0.1), up to the logging's rounding
         assert entry["loss"] == pytest.approx(0.9 * entry["loss_rationale"] + 0.1 * entry["loss_answer"], rel=0.02)
+
+
+def peaked_model(vocab_size, seed=2):
+    """A random tiny model with spread-out entropies (larger embeddings make some predictions confident)."""
+    model = make_tiny_model(vocab_size, seed=seed)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(40)
+    return model
+
+
+def manual_entropy_nll(model, dataset):
+    nll_all, ent_all, seg_all = [], [], []
+    with torch.no_grad():
+        for example in dataset:
+            ids = torch.tensor([example["input_ids"]])
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            targets = ids[0, 1:]
+            segments = torch.tensor(example["segment_ids"][1:])
+            keep = segments != Segment.PROMPT
+            nll_all.append(-log_probs[torch.arange(len(targets)), targets][keep])
+            ent_all.append(-(log_probs.exp() * log_probs).sum(-1)[keep])
+            seg_all.append(segments[keep])
+    return torch.cat(nll_all), torch.cat(ent_all), torch.cat(seg_all)
+
+
+def between_values(entropy):
+    """A threshold halfway between two neighbouring entropies near the median: no token sits on it."""
+    ordered = entropy.sort().values
+    middle = len(ordered) // 2
+    return (ordered[middle - 1].item() + ordered[middle].item()) / 2
+
+
+def test_threshold_masking_loss_is_mean_over_kept_tokens(tmp_path, tiny_tokenizer):
+    dataset = tokenize_records(RECORDS[:4], tiny_tokenizer, "standard")
+    model = peaked_model(len(tiny_tokenizer))
+    nll, entropy, segments = manual_entropy_nll(model, dataset)
+    threshold = between_values(entropy)
+    args = config(tmp_path, entropy_mask_mode="threshold", entropy_mask_threshold=threshold,
+                  entropy_mask_protect_answer=True, entropy_mask_min_keep=0)
+    trainer = SafeDistillTrainer(model, args, train_dataset=dataset, processing_class=tiny_tokenizer)
+    keep = (entropy >= threshold) | (segments == Segment.ANSWER)
+    expected = nll[keep].mean().item()
+    assert trainer_loss(trainer, dataset) == pytest.approx(expected, rel=1e-4)
+    assert abs(expected - nll.mean().item()) > 1e-3  # masking changed the loss
+
+
+def test_gradient_accumulation_invariance_with_threshold_masking(tmp_path, tiny_tokenizer):
+    """The kept-token count of the whole window normalises every micro-batch (pre-pass), so 2x2 == 4x1."""
+    dataset = tokenize_records(RECORDS[:4], tiny_tokenizer, "cascade").select(range(4))
+    base = peaked_model(len(tiny_tokenizer), seed=3)
+    _, entropy, _ = manual_entropy_nll(base, dataset)
+    threshold = between_values(entropy)
+    results = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        model = copy.deepcopy(base)
+        args = config(tmp_path / f"m{batch_size}", distill_format="cascade", per_device_train_batch_size=batch_size,
+                      gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=1.0, max_grad_norm=0.0,
+                      lr_scheduler_type="constant", entropy_mask_mode="threshold",
+                      entropy_mask_threshold=threshold, entropy_mask_min_keep=0)
+        trainer = SafeDistillTrainer(model, args, train_dataset=dataset, processing_class=tiny_tokenizer)
+        trainer.train()
+        assert 0 < trainer.state.log_history[0]["entropy_mask/masked_fraction"] < 1
+        results.append(dict(trainer.model.named_parameters()))
+    for name, value in results[0].items():
+        torch.testing.assert_close(results[1][name], value, rtol=1e-4, atol=1e-6)

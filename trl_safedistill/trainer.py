@@ -34,6 +34,9 @@ from .dataset import SegmentCollator, is_record_dataset, records_from_rows, toke
 from .formats import Segment, get_format
 from .formats.answer_first import AnswerFirstFormat
 
+#: Low-entropy masking statistics logged per step (prefixed ``entropy_mask/``).
+LOGGED_MASK_STATS = ("masked_fraction", "entropy_kept_mean", "entropy_masked_mean", "entropy_threshold")
+
 
 class SafeDistillTrainer(SFTTrainer):
     """SFTTrainer for chain-of-thought distillation; takes the same arguments as [`~trl.SFTTrainer`].
@@ -141,7 +144,9 @@ class SafeDistillTrainer(SFTTrainer):
         inputs = self._prepare_inputs({k: v for k, v in batch.items() if k not in ("segment_ids", "keep_mask")})
         outputs = self.model(**inputs, use_cache=False, fused_lm_head=True)
         segments = batch["segment_ids"][..., 1:].to(outputs.entropy.device) if "segment_ids" in batch else None
-        keep, _ = self._keep_mask(outputs, segments)
+        keep, stats = self._keep_mask(outputs, segments)
+        for key, value in stats.items():
+            self._metrics["train"][key].append(float(value))
         return keep.cpu()
 
     def _keep_mask(self, outputs, segments: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -152,7 +157,10 @@ class SafeDistillTrainer(SFTTrainer):
 
         if segments is None:
             segments = torch.full_like(target, int(Segment.RATIONALE), dtype=torch.long)
-        return low_entropy_keep_mask(outputs.entropy.detach(), target, segments, self.args, self.accelerator)
+        keep, stats = low_entropy_keep_mask(
+            outputs.entropy.detach(), target, segments, self.args, self.accelerator, is_top1=outputs.is_top1
+        )
+        return keep, {f"entropy_mask/{key}": stats[key] for key in LOGGED_MASK_STATS}
 
     # ------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -228,6 +236,12 @@ class SafeDistillTrainer(SFTTrainer):
                 tokens = gather(torch.tensor(inputs["input_ids"].numel(), device=nll.device)).sum().item()
             self._total_train_tokens += tokens
         metrics["num_tokens"] = [self._total_train_tokens]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's metrics plus slow tuning's drift metrics, before the reporters (wandb, tensorboard) see them."""
+        if self.slow_tuning is not None:
+            logs.update(self.slow_tuning.pop_metrics())
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:

@@ -20,12 +20,14 @@ from .base import (
     user_text,
 )
 from .cascade import CascadeFormat
+from .compressed import CompressedFormat
 from .standard import StandardFormat
 
 FORMATS: dict[str, type[DistillFormat]] = {
     StandardFormat.name: StandardFormat,
     CascadeFormat.name: CascadeFormat,
     AnswerFirstFormat.name: AnswerFirstFormat,
+    CompressedFormat.name: CompressedFormat,
 }
 
 
@@ -41,6 +43,7 @@ __all__ = [
     "IGNORE_INDEX",
     "AnswerFirstFormat",
     "CascadeFormat",
+    "CompressedFormat",
     "DistillFormat",
     "Piece",
     "Segment",

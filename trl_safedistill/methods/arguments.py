@@ -60,6 +60,8 @@ class SLowEDArguments:
         Folder (or `.safetensors` file) of the reference weights, e.g. the model before safety alignment.
     slow_tuning_reference_missing (`str`, *optional*, defaults to `"skip"`):
         Layers with no (or a zero) reference delta are left unconstrained (`"skip"`) or pinned to W0 (`"freeze"`).
+    slow_tuning_direction_dtype (`str`, *optional*, defaults to `"float32"`):
+        Rule `"direction"`: dtype of the stored direction `D̂` (`"bfloat16"` halves its memory, less exact).
     slow_tuning_pull (`float`, *optional*, defaults to `0.01`):
         `"scale"` rule: at every check the delta becomes `(1 - pull) * delta`.
     slow_tuning_check_every (`int`, *optional*, defaults to `1`):
@@ -167,6 +169,15 @@ class SLowEDArguments:
             "choices": list(SLOW_TUNING_REFERENCE_MISSING),
         },
     )
+    slow_tuning_direction_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Rule 'direction': dtype of the stored unit alignment direction D̂ (one copy of every "
+            "constrained weight on its device). 'bfloat16' halves that memory but the limit then holds only up to "
+            "about 2^-8 * ||W - W0|| / ||D|| (the rounding of D̂).",
+            "choices": ["float32", "bfloat16"],
+        },
+    )
     slow_tuning_pull: float = field(
         default=0.01,
         metadata={"help": "Rule 'scale': at every check the delta W - W0 becomes (1 - slow_tuning_pull)(W - W0)."},
@@ -223,5 +234,7 @@ def validate_slowed_arguments(args: SLowEDArguments) -> None:
         raise ValueError(f"slow_tuning_budget_growth must be > 0, got {args.slow_tuning_budget_growth}")
     if not 0.0 <= args.slow_tuning_pull <= 1.0:
         raise ValueError(f"slow_tuning_pull must be in [0, 1], got {args.slow_tuning_pull}")
+    if args.slow_tuning_direction_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"slow_tuning_direction_dtype must be float32 or bfloat16, got {args.slow_tuning_direction_dtype}")
     if args.slow_tuning_check_every < 1:
         raise ValueError(f"slow_tuning_check_every must be >= 1, got {args.slow_tuning_check_every}")

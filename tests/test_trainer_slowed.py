@@ -1,0 +1,77 @@
+"""SLowED through SafeDistillTrainer: resume equality, metrics in the logs, the embedded default."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+from peft import LoraConfig
+
+from trl_safedistill.config import SafeDistillConfig
+from trl_safedistill.train import main
+from trl_safedistill.trainer import SafeDistillTrainer
+
+from .conftest import make_tiny_model
+from .test_trainer_loss import RECORDS
+
+
+def slowed_args(output_dir, **kwargs):
+    values = dict(
+        output_dir=str(output_dir), distill_format="cascade", entropy_mask_mode="fraction", entropy_mask_quantile=0.5,
+        slow_tuning_rule="project", slow_tuning_budget=0.02, slow_tuning_budget_growth=2.0, learning_rate=5e-2,
+        per_device_train_batch_size=2, max_steps=4, use_cpu=True, report_to=[], logging_steps=1, save_strategy="steps",
+        save_steps=2, gradient_checkpointing=False, seed=0, num_train_epochs=1, shuffle_dataset=False,
+        lr_scheduler_type="constant",
+    )
+    values.update(kwargs)
+    return SafeDistillConfig(**values)
+
+
+def drift_by_step(history):
+    return {e["step"]: (e["slow_tuning/drift_max"], e["slow_tuning/projections_total"]) for e in history
+            if "slow_tuning/drift_max" in e}
+
+
+def test_interrupted_and_resumed_run_reports_the_same_drift(tmp_path, tiny_tokenizer):
+    dataset = Dataset.from_list([r.to_dict() for r in RECORDS[:4]])
+    base = make_tiny_model(len(tiny_tokenizer), seed=5)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+
+    full = SafeDistillTrainer(copy.deepcopy(base), slowed_args(tmp_path / "full"), train_dataset=dataset,
+                              processing_class=tiny_tokenizer, peft_config=lora)
+    full.train()
+    expected = drift_by_step(full.state.log_history)
+    assert sorted(expected) == [1, 2, 3, 4] and expected[4][1] > 0  # the budget bit
+
+    first = SafeDistillTrainer(copy.deepcopy(base), slowed_args(tmp_path / "cut", max_steps=2), train_dataset=dataset,
+                               processing_class=tiny_tokenizer, peft_config=lora)
+    first.train()
+    assert (tmp_path / "cut" / "checkpoint-2" / "slow_tuning_anchor.safetensors").exists()
+    resumed = SafeDistillTrainer(copy.deepcopy(base), slowed_args(tmp_path / "cut"), train_dataset=dataset,
+                                 processing_class=tiny_tokenizer, peft_config=lora)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-2"))
+    got = drift_by_step(resumed.state.log_history)
+    for step in (3, 4):
+        assert got[step][0] == pytest.approx(expected[step][0], rel=1e-4)
+        assert got[step][1] == expected[step][1]
+
+
+@pytest.mark.slow
+def test_slowed_cascade_on_the_embedded_default_logs_its_metrics(tmp_path):
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "embedded-default" / "slowed.yaml"
+    out = tmp_path / "slowed"
+    assert main(["--config", str(recipe), "--max_steps", "2", "--max_train_records", "4", "--per_device_train_batch_size",
+                 "2", "--max_length", "160", "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "2",
+                 "--logging_steps", "1"]) == 0
+    history = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    step_logs = [e for e in history if "loss" in e]
+    assert len(step_logs) == 2
+    for entry in step_logs:
+        assert 0 < entry["entropy_mask/masked_fraction"] < 1
+        assert entry["slow_tuning/drift_max"] <= 0.05 * (1 + 1e-3)  # the recipe's budget
+        assert "loss_rationale" in entry and "loss_answer" in entry
+    drift_log = (out / "slow_tuning_drift.jsonl").read_text().splitlines()
+    assert len(drift_log) >= 2
