@@ -92,7 +92,7 @@ def test_qlora_run_on_tiny_model(tmp_path, tiny_model_dir):
 def test_two_step_run_on_the_embedded_default(tmp_path):
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "embedded-default" / "cascade.yaml"
     flags = ["--config", str(recipe), "--max_steps", "2", "--max_train_records", "4", "--per_device_train_batch_size", "2",
-             "--max_length", "160", "--output_dir", str(tmp_path / "emb"), "--save_strategy", "no", "--logging_steps", "1"]
+             "--max_length", "160", "--dataset_name", "mini", "--output_dir", str(tmp_path / "emb"), "--save_strategy", "no", "--logging_steps", "1"]
     assert main(flags) == 0
     adapter = load_file(tmp_path / "emb" / "adapter_model.safetensors")
     assert any("lora_B" in key and adapter[key].abs().sum() > 0 for key in adapter)

@@ -26,10 +26,11 @@ class DistillScriptArguments:
     """Where the rationales come from.
 
     ``dataset_name``: a JSONL file (``.jsonl`` / ``.jsonl.gz``), ``bbh-cot`` (the shipped teacher
-    rationales, training split), or a Hugging Face dataset (hub name or local folder).
+    rationales, training split), ``mini`` (40 program-written rationales over five task families,
+    shipped for quick offline runs), or a Hugging Face dataset (hub name or local folder).
     """
 
-    dataset_name: str = field(default="bbh-cot", metadata={"help": "JSONL path, 'bbh-cot', or a HF dataset name/path."})
+    dataset_name: str = field(default="bbh-cot", metadata={"help": "JSONL path, 'bbh-cot', 'mini', or a HF dataset name/path."})
     dataset_config: str | None = field(default=None, metadata={"help": "HF dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     column_map: str | None = field(
@@ -55,7 +56,9 @@ def load_records(script_args: DistillScriptArguments, skip_invalid: bool) -> tup
         records = load_bbh_cot(script_args.dataset_train_split if script_args.dataset_train_split != "all" else "all",
                                tasks=script_args.bbh_cot_tasks)
         report.kept = len(records)
-    elif name.endswith((".jsonl", ".jsonl.gz", ".json")) or Path(name).is_file():
+    elif name == "mini" or name.endswith((".jsonl", ".jsonl.gz", ".json")) or Path(name).is_file():
+        if name == "mini":
+            name = str(Path(__file__).parent / "resources" / "mini_rationales.jsonl")
         records = load_jsonl(name, column_map=column_map, answer_phrases=script_args.answer_phrases,
                              skip_invalid=skip_invalid, report=report)
     else:
