@@ -13,7 +13,9 @@ keep bit k_t (1 unless low-entropy masking drops it). With ``nll_t = -log p(y_t 
 
       L = (1 - alpha) * sum_{t in R} k_t * nll_t / N_R  +  alpha * sum_{t in A} k_t * nll_t / N_A
 
-where N, N_R, N_A count the *kept* target tokens of the whole optimizer step: every micro-batch of
+(a batch without answer tokens contributes no answer term; ``cascade`` rows of one record are
+shuffled independently, so keep batches large enough to hold both kinds) where N, N_R, N_A count
+the *kept* target tokens of the whole optimizer step: every micro-batch of
 the gradient-accumulation window and, with ``average_tokens_across_devices``, every rank. Summing the
 micro-batch losses therefore gives the loss of one big batch (gradient-accumulation invariance). The
 counts are taken in :meth:`get_batch_samples`, before the forward passes. When low-entropy masking
