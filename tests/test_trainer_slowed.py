@@ -65,7 +65,7 @@ def test_slowed_cascade_on_the_embedded_default_logs_its_metrics(tmp_path):
     out = tmp_path / "slowed"
     # 2 records -> 4 cascade sequences, one batch of 4: each step sees rationale and answer segments
     assert main(["--config", str(recipe), "--dataset_name", "mini", "--max_steps", "2", "--max_train_records", "2",
-                 "--per_device_train_batch_size", "4", "--max_length", "160", "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "2",
+                 "--per_device_train_batch_size", "4", "--max_length", "384", "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "2",
                  "--logging_steps", "1"]) == 0
     history = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     step_logs = [e for e in history if "loss" in e]
