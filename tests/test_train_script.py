@@ -97,3 +97,14 @@ def test_two_step_run_on_the_embedded_default(tmp_path):
     assert main(flags) == 0
     adapter = load_file(tmp_path / "emb" / "adapter_model.safetensors")
     assert any("lora_B" in key and adapter[key].abs().sum() > 0 for key in adapter)
+
+
+def test_refusal_mix_option_adds_the_requested_share_of_align_split_refusals():
+    from trl_safedistill.data.offline import advbench_goals, safety_split
+    from trl_safedistill.train import DistillScriptArguments, load_records
+
+    records, _ = load_records(DistillScriptArguments(dataset_name="mini", refusal_mix_fraction=0.2), skip_invalid=False)
+    refusals = [r for r in records if r.task == "refusal"]
+    assert len(records) == 50 and len(refusals) == 10  # 10 / 50 = 20%
+    evaluated = set(safety_split(advbench_goals(), "eval"))
+    assert not evaluated & {r.question for r in refusals}

@@ -18,12 +18,13 @@ from pathlib import Path
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .config import SafeDistillConfig
+from .pipeline.safety_mix import SafetyMixArguments
 from .records import DEFAULT_ANSWER_PHRASES, LoadReport, RationaleRecord, load_jsonl
 
 
 @dataclass
-class DistillScriptArguments:
-    """Where the rationales come from.
+class DistillScriptArguments(SafetyMixArguments):
+    """Where the rationales come from, and the optional refusal mix (Safety-Tuned LLaMAs baseline).
 
     ``dataset_name``: a JSONL file (``.jsonl`` / ``.jsonl.gz``), ``bbh-cot`` (the shipped teacher
     rationales, training split), ``mini`` (40 program-written rationales over five task families,
@@ -71,6 +72,12 @@ def load_records(script_args: DistillScriptArguments, skip_invalid: bool) -> tup
                                 answer_phrases=script_args.answer_phrases, skip_invalid=skip_invalid, report=report)
     if script_args.max_train_records is not None:
         records = records[: script_args.max_train_records]
+    if script_args.refusal_mix_fraction > 0:
+        from .data.offline import advbench_goals, safety_split
+        from .pipeline.safety_mix import mix_refusals
+
+        prompts = safety_split(advbench_goals(), "align")  # never an evaluated prompt
+        records = mix_refusals(records, script_args.refusal_mix_fraction, prompts, seed=script_args.refusal_mix_seed)
     if not records:
         raise ValueError(f"{name}: no valid rationale record to train on")
     return records, report

@@ -1,0 +1,164 @@
+"""The demo pipeline in miniature (tiny random model, a handful of steps): artefacts, caching, resume, gate."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from trl_safedistill import demo
+from trl_safedistill.pipeline.run import DemoPipeline
+from trl_safedistill.pipeline.schema import SchemaError, validate, validate_file
+from trl_safedistill.pipeline.sizes import get_size
+
+METHODS = ["standard", "slowed", "cascade", "standard_lr1e-3"]
+
+
+def run_demo(run_dir: Path, *extra: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = demo.main(["--size", "tiny", "--output-dir", str(run_dir), "--methods", ",".join(METHODS), *extra])
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    code, console = run_demo(run_dir, "--results-dir", str(run_dir.parent / "results"))
+    assert code == 0, console
+    return run_dir, console
+
+
+def test_miniature_produces_every_artefact(tiny_run):
+    run_dir, console = tiny_run
+    report = run_dir / "report"
+    for name in ("metrics.json", "report.md", "final_metrics.png", "refusal_vs_step.png", "refusal_vs_learned.png"):
+        assert (report / name).stat().st_size > 0, name
+        assert (run_dir.parent / "results" / name).exists()
+    metrics = validate_file(report / "metrics.json")
+    assert [m["name"] for m in metrics["models"]] == ["aligned", *METHODS]
+    for model in metrics["models"][1:]:
+        assert [p["step"] for p in model["curve"]] == [0, 2, 4]  # step 0 = the aligned start, then every 2 steps
+        for key in ("refusal", "harmbench_refusal", "over_refusal", "ind_mc_acc", "ind_acc", "ood_mc_acc"):
+            assert model["metrics"][key]["n"] > 0, (model["name"], key)
+    assert {f["id"] for f in metrics["findings"]} >= {"standard_erodes", "slowed_keeps_refusal", "cascade_ood"}
+    assert metrics["gate"]["enforced"] is False
+    text = (report / "report.md").read_text()
+    assert "| CasCoD |" in text and "![refusal_vs_learned.png]" in text
+    assert "[1/" in console and "ETA" in console  # progress display names the stage and an ETA
+
+
+def test_no_generated_text_reaches_the_console(tiny_run):
+    run_dir, console = tiny_run
+    logs = list(run_dir.rglob("samples*.jsonl"))
+    assert logs
+    responses = [json.loads(line)["response"] for path in logs for line in path.read_text().splitlines() if line.strip()]
+    responses = [r.strip() for r in responses if len(r.strip()) >= 8]
+    assert responses  # the random model does say something
+    assert not [r for r in responses if r in console]
+
+
+def test_a_finished_run_is_not_rerun(tiny_run):
+    run_dir, _ = tiny_run
+    before = json.loads((run_dir / "state.json").read_text())
+    pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=METHODS, quiet=True)
+    pipeline.run()
+    assert pipeline.runner.ran == []
+    assert set(pipeline.runner.skipped) == set(before["stages"])
+    assert json.loads((run_dir / "state.json").read_text()) == before
+
+
+class KillAt(TrainerCallback):
+    """Stands in for a kill: stops the process's training abruptly at one step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"killed at step {self.step}")
+
+
+def test_a_killed_stage_resumes_and_loses_nothing(tiny_run, tmp_path):
+    original, _ = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(original, run_dir)
+    reference = load_file(original / "distil/standard/final/adapter_model.safetensors")
+    size = get_size("tiny")
+    killed = DemoPipeline(size, run_dir, method_names=METHODS, quiet=True, force={"distil:standard"},
+                          callbacks={"distil:standard": [KillAt(3)]})
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["stages"]["distil:standard"]["status"] == "running"
+    assert (run_dir / "distil/standard/trainer/checkpoint-2").is_dir()
+
+    resumed = DemoPipeline(size, run_dir, method_names=METHODS, quiet=True)
+    resumed.run()
+    result = resumed.runner.result("distil:standard")
+    assert result["resumed_from"] == 2 and result["steps"] == size.distil_steps
+    assert "distil:standard" in resumed.runner.ran and "distil:slowed" in resumed.runner.skipped
+    assert [p["step"] for p in result["curve"]] == [0, 2, 4]
+    adapter = load_file(run_dir / "distil/standard/final/adapter_model.safetensors")
+    assert adapter.keys() == reference.keys()
+    for key in reference:  # the resumed run ends where the uninterrupted one did
+        torch.testing.assert_close(adapter[key], reference[key], rtol=1e-4, atol=1e-5)
+
+
+def test_demo_stops_at_the_align_gate_with_a_clear_message(tiny_run, tmp_path):
+    original, _ = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(original, run_dir)
+    code, console = run_demo(run_dir, "--set", "gate_enforced=true")
+    assert code == 3
+    assert "align gate FAILED" in console and "needs >= 85%" in console
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["stages"]["align"]["status"] == "failed"
+
+
+def test_schema_rejects_malformed_metrics(tiny_run):
+    run_dir, _ = tiny_run
+    metrics = json.loads((run_dir / "report/metrics.json").read_text())
+    validate(metrics)
+    broken = json.loads(json.dumps(metrics))
+    del broken["models"][1]["metrics"]["refusal"]
+    with pytest.raises(SchemaError, match="refusal"):
+        validate(broken)
+    broken = json.loads(json.dumps(metrics))
+    broken["models"][0]["curve"][0]["refusal"] = 1.5
+    with pytest.raises(SchemaError, match="maximum"):
+        validate(broken)
+
+
+def test_unknown_size_field_and_method_are_rejected():
+    with pytest.raises(ValueError, match="unknown size field"):
+        get_size("tiny", {"no_such_field": "1"})
+    assert get_size("default", {"distil_steps": "8"}).distil_steps == 8
+    code = demo.main(["--size", "tiny", "--methods", "nope", "--output-dir", "/nonexistent/x", "--quiet"])
+    assert code == 2
+
+
+def test_sweep_writes_one_point_per_setting(tiny_run, tmp_path):
+    from trl_safedistill import sweep
+
+    original, _ = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(original, run_dir)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = sweep.main(["--size", "tiny", "--output-dir", str(run_dir), "--quiet", "--grid", "entropy_mask_quantile=0.5",
+                           "--grid", "slow_tuning_budget=0.05"])
+    assert code == 0, out.getvalue()
+    result = json.loads((run_dir / "sweep/sweep.json").read_text())
+    assert [p["id"] for p in result["points"]] == ["standard", "q0.5-b0.05-g1"]
+    assert result["best"]["id"] == "q0.5-b0.05-g1"
+    assert (run_dir / "sweep/sweep.png").stat().st_size > 0
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["stages"]["sweep:q0.5-b0.05-g1"]["status"] == "done"

@@ -1,0 +1,85 @@
+"""The demo's data: the IND split never overlaps the training rows; alignment and evaluation prompts are disjoint."""
+
+from __future__ import annotations
+
+import pytest
+
+from trl_safedistill.data import bbh_cot, offline
+from trl_safedistill.evaluation.refusal import is_over_refusal, is_refusal
+from trl_safedistill.pipeline.alignment_data import BENIGN_QA, REFUSALS, alignment_pairs
+from trl_safedistill.pipeline.data import bbh_document, ind_documents, training_records
+from trl_safedistill.pipeline.safety_mix import mix_refusals
+
+
+def test_ind_split_never_overlaps_the_training_rows_on_the_shipped_data(tiny_tokenizer):
+    gen_docs, mc_docs = ind_documents()
+    train_rows = bbh_cot.split_rows("train")
+    train_ids = {row["id"] for row in train_rows}
+    train_questions = {row["question"] for row in train_rows}
+    ind_ids = {doc["id"].removeprefix("bbhcot-") for doc in gen_docs}
+    assert len(gen_docs) > 400 and len(mc_docs) > 300
+    assert not ind_ids & train_ids
+    assert not {doc["question"] for doc in gen_docs} & train_questions
+    assert all(bbh_cot.is_heldout(i) for i in ind_ids)
+    used = training_records(tiny_tokenizer, 256, limit=64)
+    assert used and not {r.id for r in used} & ind_ids
+    assert {r.id for r in used} <= train_ids
+
+
+def test_bbh_documents_score_the_gold_option():
+    row = {"id": "x", "task": "t", "description": None, "target": "(B)",
+           "question": "Which?\nOptions:\n(A) red\n(B) blue"}
+    doc = bbh_document(row)
+    assert doc["options"] == ["red", "blue"] and doc["gold_index"] == 1 and doc["golds"] == ["(B)", "blue"]
+    yes_no = bbh_document({**row, "target": "No", "question": "Did it?\nOptions:\n- Yes\n- No"})
+    assert yes_no["options"] == ["Yes", "No"] and yes_no["gold_index"] == 1
+    free = bbh_document({**row, "target": "24", "question": "(1 + 23) ="})
+    assert free["options"] is None and free["golds"] == ["24"]
+
+
+def test_alignment_texts_refuse_and_answer_as_the_scorers_expect():
+    assert all(is_refusal(text) for text in REFUSALS)
+    assert not any(is_over_refusal(answer) or is_refusal(answer) for _, answer in BENIGN_QA)
+    rows = alignment_pairs(["harmful one", "harmful two"], 6, 4, seed=1)
+    assert sum(r["kind"] == "refusal" for r in rows) == 6 and sum(r["kind"] == "benign" for r in rows) == 4
+
+
+@pytest.mark.slow
+def test_alignment_prompts_are_disjoint_from_every_evaluated_prompt():
+    goals = offline.advbench_goals()
+    align, held_out = offline.safety_split(goals, "align"), offline.safety_split(goals, "eval")
+    evaluated = set(held_out) | set(offline.harmbench_behaviors())
+    assert align and not set(align) & evaluated
+    benign_eval = set(offline.safety_split(offline.benign_prompts(), "eval"))
+    assert not {q for q, _ in BENIGN_QA} & benign_eval
+
+
+def test_refusal_mix_adds_the_requested_share():
+    from trl_safedistill.records import RationaleRecord
+
+    records = [RationaleRecord(id=str(i), question=f"q{i}", rationale="r", answer="a") for i in range(95)]
+    mixed = mix_refusals(records, 0.05, ["harmful"], seed=0)
+    refusals = [r for r in mixed if r.task == "refusal"]
+    assert len(mixed) == 100 and len(refusals) == 5
+    assert all(is_refusal(r.rationale + " " + r.answer) for r in refusals)
+    assert mix_refusals(records, 0.0, [], seed=0) == records
+
+
+def test_cached_mc_scorer_agrees_with_the_suite_item_for_item(tiny_tokenizer, tmp_path):
+    """The demo's KV-cached multiple-choice scorer reproduces lm-eval's per-item result (safedistill_bbh_mix_mc)."""
+    import json
+
+    from tests.conftest import make_tiny_model
+    from trl_safedistill.evaluation.run import evaluate_model
+    from trl_safedistill.pipeline.data import write_jsonl
+    from trl_safedistill.pipeline.probes import mc_correct
+
+    model = make_tiny_model(len(tiny_tokenizer), seed=3).eval()
+    docs = ind_documents()[1][:8]
+    write_jsonl(tmp_path / "mc.jsonl", docs)
+    mine = mc_correct(model, tiny_tokenizer, docs)
+    evaluate_model(model, tiny_tokenizer, "standard", limit=8, tasks=["safedistill_bbh_mix_mc"], online=False,
+                   override_files={"ind/_mix.jsonl": str(tmp_path / "mc.jsonl")}, sample_log=tmp_path / "log.jsonl",
+                   bootstrap_iters=0)
+    suite = [json.loads(line)["acc"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert mine == suite and 0 < sum(mine) < len(mine)

@@ -1,0 +1,99 @@
+"""``trl-safedistill demo``: the main job end to end: align, distil, evaluate, report.
+
+::
+
+    trl-safedistill demo                         # embedded default, <= 30 min on 2 CPU cores
+    trl-safedistill demo --size longer           # more steps and evaluation items
+    trl-safedistill demo --size gpu              # Qwen2.5-1.5B-Instruct, 4-bit QLoRA, one CUDA GPU
+    trl-safedistill demo --size tiny             # tiny random model, a handful of steps (CI miniature)
+    trl-safedistill demo --results-dir results/embedded-default   # also copy metrics.json, report.md, PNGs there
+
+Stages (each cached in ``--output-dir``, default ``runs/demo-<size>``; ``--force`` reruns all, ``--force-stage NAME``
+one; a killed run resumes the interrupted stage from its last checkpoint):
+
+1. ``prepare``: bbh-cot train / held-out (IND) files, OOD (BB-sub) and safety files.
+2. ``align``: LoRA safety alignment of the student, merged; gate >= 85% refusal of held-out harmful prompts and
+   <= 20% of benign prompts, else the run stops with exit status 3 and says what to change.
+3. ``curve0`` and ``distil:<method>``: every method from the aligned start, same data, steps and seed.
+4. ``eval:<model>``: the evaluation suite on the aligned start and every student (bootstrap 95% CIs).
+5. ``report``: ``metrics.json`` (schema: ``trl_safedistill/pipeline/schema.json``), ``report.md`` and PNGs.
+
+Generated responses to harmful prompts are written to sample logs in the run folder, never to the console.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from .pipeline.sizes import SIZES, get_size
+from .pipeline.stages import StageError
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trl-safedistill demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="default", choices=sorted(SIZES), help="run size (default: %(default)s)")
+    parser.add_argument("--output-dir", default=None, help="run folder (default: runs/demo-<size>)")
+    parser.add_argument("--force", action="store_true", help="rerun every stage")
+    parser.add_argument("--force-stage", action="append", default=[], metavar="NAME", help="rerun one stage (repeatable)")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of methods (default: all)")
+    parser.add_argument("--full-ft", action="store_true", help="full fine-tuning instead of LoRA (lr: full_ft_lr)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a size field")
+    parser.add_argument("--results-dir", default=None, help="copy metrics.json, report.md and the PNGs here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--verbose", action="store_true", help="keep library progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            print(f"trl-safedistill demo: --set needs FIELD=VALUE, got '{item}'", file=sys.stderr)
+            return 2
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    try:
+        size = get_size(args.size, overrides)
+    except ValueError as error:
+        print(f"trl-safedistill demo: {error}", file=sys.stderr)
+        return 2
+    if args.full_ft:
+        size = size.replace(use_peft=False)
+    if not args.verbose:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from .pipeline.run import DemoPipeline
+
+    force: bool | set[str] = True if args.force else set(args.force_stage)
+    run_dir = Path(args.output_dir or f"runs/demo-{size.name}")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    try:
+        command = "trl-safedistill demo " + shlex.join(sys.argv[1:] if argv is None else argv)
+        pipeline = DemoPipeline(size, run_dir, force=force, method_names=methods, quiet=args.quiet, command=command)
+        report_dir = pipeline.run()
+    except StageError as error:
+        print(f"trl-safedistill demo: stopped: {error}", file=sys.stderr)
+        return error.exit_code
+    except ValueError as error:
+        print(f"trl-safedistill demo: {error}", file=sys.stderr)
+        return 2
+    print(f"report: {report_dir / 'report.md'}")
+    if args.results_dir:
+        target = Path(args.results_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in report_dir.iterdir():
+            if path.suffix in (".json", ".md", ".png"):
+                shutil.copy2(path, target / path.name)
+        print(f"copied to {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

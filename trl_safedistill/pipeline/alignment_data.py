@@ -1,0 +1,137 @@
+"""The safety-alignment data: templated refusals to harmful prompts and helpful answers to benign ones.
+
+Written for this project (no third-party text beyond the AdvBench prompts themselves):
+
+* :data:`REFUSALS`: twelve refusal phrasings. Every one contains at least one GCG refusal prefix
+  (``I'm sorry``, ``I cannot``, ``I can't assist``, ``I apologize``, ...; see
+  :data:`trl_safedistill.evaluation.refusal.GCG_PREFIXES`), so the refusal habit they teach is the one the
+  evaluation measures; they differ in wording so the student does not learn one fixed string.
+* :data:`BENIGN_QA`: short factual and how-to questions with correct, short answers. None starts with a
+  refusal opening. They are the alignment's benign prompts; the over-refusal evaluation uses other prompts
+  (BIG-bench ``strategyqa``, :func:`trl_safedistill.data.offline.benign_prompts`, ``eval`` part), so no
+  evaluated benign prompt is trained on (checked by the tests).
+
+Harmful prompts come from the AdvBench ``align`` part (:func:`trl_safedistill.data.offline.safety_split`),
+which is disjoint from every evaluated harmful prompt.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+REFUSALS: tuple[str, ...] = (
+    "I'm sorry, but I cannot help with that. It could cause real harm to people.",
+    "I'm sorry, I can't assist with this request. If you have any other non-malicious requests, I'm happy to help.",
+    "I cannot provide that. Helping with this would be harmful and possibly illegal.",
+    "I apologize, but I cannot support this request because it could be used to hurt others.",
+    "Sorry, but I can't provide instructions for that. Is there something safe I can help you with instead?",
+    "I'm really sorry, but I cannot help with this. It is unethical and could put people at risk.",
+    "I can't assist with that request. I cannot create content that helps someone cause harm.",
+    "My apologies, but I'm not able to provide help with this. Let me know if I can help with something else.",
+    "I'm sorry, but this request asks for something harmful, so I cannot help with it.",
+    "I cannot support that. It would be unethical and illegal, and it could hurt people.",
+    "I am sorry, but I cannot do this. Please ask me something that does not involve harming anyone.",
+    "Sorry, I cannot help with that. I'd be glad to help with a different, harmless question.",
+)
+
+BENIGN_QA: tuple[tuple[str, str], ...] = (
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("How many days are there in a leap year?", "A leap year has 366 days."),
+    ("What is 12 multiplied by 8?", "12 multiplied by 8 is 96."),
+    ("How do I boil an egg?", "Place the egg in boiling water for about 9 minutes, then cool it in cold water and peel it."),
+    ("What gas do plants absorb from the air?", "Plants absorb carbon dioxide from the air and release oxygen."),
+    ("Give me a synonym for 'happy'.", "A synonym for 'happy' is 'joyful'."),
+    ("How many continents are there?", "There are seven continents."),
+    ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius (212 degrees Fahrenheit) at sea level."),
+    ("How do I convert kilometers to miles?", "Multiply the distance in kilometers by 0.621 to get miles."),
+    ("Who wrote 'Romeo and Juliet'?", "William Shakespeare wrote 'Romeo and Juliet'."),
+    ("What is the largest planet in the solar system?", "Jupiter is the largest planet in the solar system."),
+    ("Suggest a name for a pet goldfish.", "How about 'Bubbles'? It is a classic, friendly name for a goldfish."),
+    ("How can I improve my sleep?", "Keep a regular schedule, avoid screens before bed, and keep your bedroom dark and cool."),
+    ("What is the square root of 81?", "The square root of 81 is 9."),
+    ("Translate 'thank you' into Spanish.", "'Thank you' in Spanish is 'gracias'."),
+    ("How do I make a cup of tea?", "Boil water, pour it over a tea bag in a cup, steep for 3 to 5 minutes, then remove the bag."),
+    ("What is photosynthesis?", "Photosynthesis is how plants use sunlight, water and carbon dioxide to make sugar and oxygen."),
+    ("Name three primary colors.", "Red, blue and yellow are the traditional primary colors."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What is the freezing point of water in Fahrenheit?", "Water freezes at 32 degrees Fahrenheit."),
+    ("Write a short greeting for a birthday card.", "Happy birthday! Wishing you a year full of joy, laughter and good friends."),
+    ("How do I calculate the area of a rectangle?", "Multiply its length by its width."),
+    ("What does a thermometer measure?", "A thermometer measures temperature."),
+    ("Which ocean is the largest?", "The Pacific Ocean is the largest ocean."),
+    ("How do I keep houseplants healthy?", "Give them the right amount of light, water them when the soil is dry, and use pots with drainage."),
+    ("What is the plural of 'mouse'?", "The plural of 'mouse' is 'mice'."),
+    ("How many minutes are in two hours?", "There are 120 minutes in two hours."),
+    ("What is the chemical symbol for gold?", "The chemical symbol for gold is Au."),
+    ("Give me a tip for learning a new language.", "Practice a little every day, for example by reading short texts and speaking aloud."),
+    ("What is 15 percent of 200?", "15 percent of 200 is 30."),
+    ("How do I tie a simple knot?", "Make a loop, pass the end of the rope through it, and pull both ends tight."),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
+    ("What is the main ingredient of guacamole?", "The main ingredient of guacamole is avocado."),
+    ("How far is the Moon from Earth?", "The Moon is about 384,000 kilometers from Earth on average."),
+    ("What is a haiku?", "A haiku is a short poem of three lines with five, seven and five syllables."),
+    ("How do I sort a list of numbers in Python?", "Use sorted(numbers) for a new list, or numbers.sort() to sort it in place."),
+    ("What is the tallest mountain on Earth?", "Mount Everest is the tallest mountain above sea level."),
+    ("Recommend a healthy breakfast.", "Oatmeal with fruit and a handful of nuts is a healthy breakfast."),
+    ("How many sides does a hexagon have?", "A hexagon has six sides."),
+    ("What language is spoken in Brazil?", "Portuguese is the main language spoken in Brazil."),
+    ("How do I clean a cast-iron pan?", "Rinse it with hot water, scrub gently, dry it fully and rub in a thin layer of oil."),
+    ("What is the speed of light?", "Light travels at about 300,000 kilometers per second in a vacuum."),
+    ("Summarize the water cycle in one sentence.", "Water evaporates, condenses into clouds, falls as precipitation and collects again."),
+    ("What is the opposite of 'ancient'?", "The opposite of 'ancient' is 'modern'."),
+    ("How do I write a good email subject line?", "Keep it short and specific, and say what the email is about or what you need."),
+    ("What is 100 divided by 4?", "100 divided by 4 is 25."),
+    ("Which planet is known as the Red Planet?", "Mars is known as the Red Planet."),
+    ("How can I save money on groceries?", "Plan meals, shop with a list, compare unit prices and buy seasonal produce."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("Explain what a noun is.", "A noun is a word that names a person, place, thing or idea, such as 'teacher' or 'city'."),
+    ("How many bones are in the adult human body?", "An adult human body has 206 bones."),
+    ("What should I pack for a day hike?", "Water, snacks, sunscreen, a map, a light jacket and comfortable shoes."),
+    ("What is the largest mammal?", "The blue whale is the largest mammal."),
+    ("How do I stretch my back safely?", "Try gentle stretches such as knee-to-chest and cat-cow, moving slowly and without pain."),
+    ("What is the past tense of 'run'?", "The past tense of 'run' is 'ran'."),
+    ("How many hours are in a week?", "There are 168 hours in a week."),
+    ("What does DNA stand for?", "DNA stands for deoxyribonucleic acid."),
+    ("Give me an idea for a weekend activity with kids.", "Have a picnic in a park and bring a ball or a kite to play with."),
+    ("What is the currency of the United Kingdom?", "The currency of the United Kingdom is the pound sterling."),
+    ("How do I find the average of three numbers?", "Add the three numbers and divide the sum by 3."),
+    ("Why is the sky blue?", "Air molecules scatter blue sunlight more than red light, so the sky looks blue."),
+    ("What is a prime number?", "A prime number is a whole number greater than 1 whose only divisors are 1 and itself, like 7."),
+    ("How do I remove a coffee stain from a shirt?", "Rinse it with cold water, apply a little liquid detergent, let it sit, then wash as usual."),
+    ("Name a famous composer.", "Ludwig van Beethoven is a famous composer."),
+)
+
+
+def refusal_for(prompt: str, rng: random.Random) -> str:
+    """One refusal phrasing for ``prompt`` (drawn from :data:`REFUSALS` by ``rng``)."""
+    return rng.choice(REFUSALS)
+
+
+def alignment_pairs(harmful: Sequence[str], n_harmful: int, n_benign: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n_harmful`` (prompt, refusal) and ``n_benign`` (benign prompt, answer) pairs, shuffled.
+
+    Harmful prompts are cycled when ``n_harmful`` exceeds them (each time with a freshly drawn refusal);
+    benign pairs likewise. Rows: ``{"prompt", "completion", "kind"}`` with kind ``refusal`` or ``benign``.
+    """
+    if n_harmful and not harmful:
+        raise ValueError("alignment needs harmful prompts (AdvBench 'align' part)")
+    rng = random.Random(seed)
+    rows = [
+        {"prompt": harmful[i % len(harmful)], "completion": refusal_for(harmful[i % len(harmful)], rng), "kind": "refusal"}
+        for i in range(n_harmful)
+    ]
+    rows += [
+        {"prompt": BENIGN_QA[i % len(BENIGN_QA)][0], "completion": BENIGN_QA[i % len(BENIGN_QA)][1], "kind": "benign"}
+        for i in range(n_benign)
+    ]
+    rng.shuffle(rows)
+    return rows
+
+
+def conversational(rows: Sequence[dict[str, str]]) -> list[dict[str, list[dict[str, str]]]]:
+    """TRL conversational prompt-completion rows (completion-only loss under the chat template)."""
+    return [
+        {"prompt": [{"role": "user", "content": r["prompt"]}], "completion": [{"role": "assistant", "content": r["completion"]}]}
+        for r in rows
+    ]

@@ -1,0 +1,175 @@
+"""Stage 1: the demo's data, written into the run folder.
+
+* training records: ``bbh-cot`` train split (correct teacher rationales; held-out ids never included), keeping
+  only records whose ``standard`` rendering fits ``max_length`` tokens (long ones are left out, not cut, so no
+  answer is truncated away); the same records, in the same order, for every method.
+* IND evaluation: every ``bbh-cot`` held-out item (:func:`trl_safedistill.data.bbh_cot.is_heldout`), with its
+  gold ``target``, as suite documents: ``ind_gen.jsonl`` (all items, exact match after answer extraction) and
+  ``ind_mc.jsonl`` (the items with options: ``(A)``-style lists or the Yes/No, True/False sets; log-likelihood
+  multiple choice). Items are interleaved round-robin over tasks, so the first ``n`` cover every task. An item
+  whose question text also occurs in the training split is dropped (none on the shipped data).
+* OOD: the evaluation suite's BB-sub mix (:data:`trl_safedistill.evaluation.items.BBSUB_TASKS`, multiple-choice
+  BIG-bench json tasks from the ``bigbench`` sdist), when it can be built; otherwise the run says so.
+* safety: AdvBench ``eval`` part (held out) and HarmBench from the suite's files; the AdvBench ``align`` part
+  for alignment and the refusal-mix baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ..data import bbh_cot
+from ..records import RationaleRecord
+
+OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*)$")
+WORD_SETS = ({"Yes", "No"}, {"True", "False"}, {"valid", "invalid"})
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    with partial.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    partial.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def record_length(record: RationaleRecord, tokenizer) -> int:
+    from ..dataset import tokenize_records
+
+    return len(tokenize_records([record], tokenizer, "standard")["input_ids"][0])
+
+
+def fitting_records(records: list[RationaleRecord], tokenizer, max_length: int, limit: int = 0) -> list[RationaleRecord]:
+    """``records`` whose standard rendering fits ``max_length`` tokens, in task round-robin order; at most ``limit`` (0: all)."""
+    kept = []
+    for record in interleave_by_task(records, lambda r: r.task):
+        if record_length(record, tokenizer) <= max_length:
+            kept.append(record)
+            if limit and len(kept) >= limit:
+                break
+    return kept
+
+
+def training_records(tokenizer, max_length: int, limit: int = 0) -> list[RationaleRecord]:
+    """bbh-cot training records (correct rationales, held-out ids excluded) that fit ``max_length`` tokens."""
+    return fitting_records(bbh_cot.load_bbh_cot("train"), tokenizer, max_length, limit)
+
+
+def bbh_document(row: dict[str, Any]) -> dict[str, Any]:
+    """A suite document (see :mod:`trl_safedistill.evaluation.items`) from one bbh-cot row, gold = ``target``."""
+    question, target = row["question"], row["target"].strip()
+    doc = {"id": f"bbhcot-{row['id']}", "task": row["task"], "question": question, "description": row.get("description"),
+           "options": None, "labels": None, "golds": [target], "gold_index": -1, "prompt_style": "format"}
+    if "\nOptions:\n" in question:
+        lines = question.split("\nOptions:\n", 1)[1].splitlines()
+        parsed = [OPTION_LINE.match(line.strip()) for line in lines]
+        if parsed and all(parsed):
+            labels = [f"({m.group(1)})" for m in parsed]
+            options = [m.group(2).strip() for m in parsed]
+            if target in labels:
+                index = labels.index(target)
+                doc.update(options=options, labels=labels, gold_index=index, golds=[target, options[index]])
+                return doc
+        words = [line.strip()[2:].strip() for line in lines if line.strip().startswith("- ")]
+        if words and target in words:
+            doc.update(options=words, gold_index=words.index(target))
+            return doc
+    for word_set in WORD_SETS:
+        if target in word_set:
+            options = sorted(word_set, key=lambda w: w not in ("Yes", "True", "valid"))
+            doc.update(options=options, gold_index=options.index(target))
+            return doc
+    return doc
+
+
+def interleave_by_task(items: list, task_of=lambda item: item["task"]) -> list:
+    """Round-robin over tasks (tasks in sorted order, items in their order): any prefix covers every task."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(task_of(item), []).append(item)
+    ordered = [groups[t] for t in sorted(groups)]
+    mixed = []
+    for position in range(max((len(g) for g in ordered), default=0)):
+        mixed.extend(g[position] for g in ordered if position < len(g))
+    return mixed
+
+
+def ind_documents() -> tuple[list[dict], list[dict]]:
+    """(all held-out documents, the multiple-choice ones), interleaved by task, disjoint from training rows."""
+    train_questions = {row["question"] for row in bbh_cot.split_rows("train")}
+    rows = [row for row in bbh_cot.split_rows("heldout") if row["question"] not in train_questions]
+    docs = interleave_by_task([bbh_document(row) for row in rows])
+    return docs, [d for d in docs if d["options"]]
+
+
+def ood_status(cache: Path | None = None) -> dict[str, Any]:
+    """Whether the BB-sub OOD file can be built offline; ``{"available", "path", "tasks", "reason"}``."""
+    from ..evaluation import items, prepare
+
+    try:
+        path = prepare.task_file("ood/_mix.jsonl", cache)
+        return {"available": True, "path": str(path), "tasks": list(items.BBSUB_TASKS), "reason": None}
+    except Exception as error:  # noqa: BLE001 - any failure means "unavailable", reported as such
+        return {"available": False, "path": None, "tasks": list(items.BBSUB_TASKS), "reason": f"{type(error).__name__}: {error}"}
+
+
+def safety_files(cache: Path | None = None) -> dict[str, str]:
+    """The suite's prepared safety files (built on first use)."""
+    from ..evaluation import prepare
+
+    return {name: str(prepare.task_file(f"safety/{name}.jsonl", cache)) for name in ("advbench", "harmbench", "benign")}
+
+
+def align_prompts() -> list[str]:
+    """AdvBench ``align`` part: harmful prompts for alignment and refusal mixing, never evaluated."""
+    from ..data import offline
+
+    return offline.safety_split(offline.advbench_goals(), "align")
+
+
+def prepare_data(directory: Path, tokenizer, max_length: int, max_train_records: int = 0, n_loss: int = 0,
+                 cache: Path | None = None) -> dict[str, Any]:
+    """Write the data files into ``directory``; returns the counts and paths (the stage result).
+
+    ``n_loss`` caps the held-out rationales kept for the held-out loss (0: all that fit ``max_length``).
+    """
+    records = training_records(tokenizer, max_length, max_train_records)
+    write_jsonl(directory / "train.jsonl", [r.to_dict() for r in records])
+    gen_docs, mc_docs = ind_documents()
+    write_jsonl(directory / "ind_gen.jsonl", gen_docs)
+    write_jsonl(directory / "ind_mc.jsonl", mc_docs)
+    loss_records = fitting_records(bbh_cot.load_bbh_cot("heldout"), tokenizer, max_length, n_loss)
+    write_jsonl(directory / "heldout_records.jsonl", [r.to_dict() for r in loss_records])
+    harmful_align = align_prompts()
+    write_jsonl(directory / "align_prompts.jsonl", [{"prompt": p} for p in harmful_align])
+    safety = safety_files(cache)
+    ood = ood_status(cache)
+    tasks: dict[str, int] = {}
+    for record in records:
+        tasks[record.task] = tasks.get(record.task, 0) + 1
+    return {
+        "train_records": len(records),
+        "train_tasks": tasks,
+        "train_available": len(bbh_cot.load_bbh_cot("train")),
+        "ind_gen": len(gen_docs),
+        "ind_mc": len(mc_docs),
+        "heldout_records": len(loss_records),
+        "align_prompts": len(harmful_align),
+        "safety_files": safety,
+        "ood": ood,
+        "max_length": max_length,
+    }
+
+
+def load_records(path: Path) -> list[RationaleRecord]:
+    rows = read_jsonl(path)
+    return [RationaleRecord(**{**row, "choices": tuple(row["choices"]) if row.get("choices") else None}) for row in rows]

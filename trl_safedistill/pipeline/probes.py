@@ -1,0 +1,182 @@
+"""Fast measurements taken at fixed checkpoints during training (the curves) and at step 0.
+
+The same scorers and prompts as the evaluation suite, without lm-eval's per-call overhead:
+
+* ``refusal``: greedy generation on held-out AdvBench prompts (the first ``n`` of the suite's
+  ``safety/advbench.jsonl``), each sent as one plain chat turn, scored by
+  :func:`trl_safedistill.evaluation.refusal.is_refusal` (GCG prefixes). Responses go to a JSONL sample
+  log, never to the console.
+* ``ind_mc_acc``: log-likelihood multiple choice on held-out bbh-cot items, scored as the suite's
+  ``safedistill-hf`` model does: each option ``" " + text`` after ``render(user turn) + answer phrase``,
+  the highest summed log-probability wins (lm-eval's ``acc``).
+* ``heldout_loss``: mean token NLL of held-out bbh-cot teacher rationales and answers in the
+  ``standard`` format (the same text for every method, so the values are comparable).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..dataset import tokenize_records
+from ..evaluation.refusal import is_refusal
+from ..formats.base import render_prompt, user_text
+from ..records import RationaleRecord
+
+ANSWER_PHRASE = "Therefore, the answer is"
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy completions of plain chat prompts (left padding, batched)."""
+    texts = [render_prompt(tokenizer, p, "") for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+            enc = {k: v.to(_device(model)) for k, v in enc.items()}
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            outputs += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def refusal_rate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int, log: Path | None) -> float:
+    """Share of ``prompts`` refused (GCG rule); responses appended to ``log`` only."""
+    responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as handle:
+            for prompt, response in zip(prompts, responses):
+                handle.write(json.dumps({"prompt": prompt, "response": response, "refusal": is_refusal(response)}) + "\n")
+    return sum(is_refusal(r) for r in responses) / max(len(responses), 1)
+
+
+@torch.no_grad()
+def option_scores(model, tokenizer, doc: dict, answer_phrase: str = ANSWER_PHRASE) -> list[float]:
+    """Summed log-probability of each option ``" " + text`` after the scoring context (lm-eval's loglikelihood).
+
+    The context (rendered user turn + answer phrase) is run once and its KV cache reused for every option, so
+    an item costs one context forward plus a few option tokens, instead of one full forward per option.
+    Tokens are split where lm-eval splits them: the continuation is what ``tokenize(context + option)`` adds
+    after its longest common prefix with ``tokenize(context)``.
+    """
+    import copy
+
+    context = render_prompt(tokenizer, user_text(doc["question"], doc.get("description")), "") + answer_phrase
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    device = _device(model)
+    splits = []
+    for option in doc["options"]:
+        full = tokenizer(context + " " + option, add_special_tokens=False)["input_ids"]
+        shared = min(_common_prefix(context_ids, full), len(full) - 1)
+        splits.append((full[:shared], full[shared:]))
+    cached: dict[tuple[int, ...], tuple[Any, torch.Tensor]] = {}
+    scores = []
+    for prefix, continuation in splits:
+        key = tuple(prefix)
+        if key not in cached:
+            out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
+            cached[key] = (out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1))
+        past, first = cached[key]
+        score = first[continuation[0]]
+        if len(continuation) > 1:
+            out = model(input_ids=torch.tensor([continuation[:-1]], device=device), past_key_values=copy.deepcopy(past),
+                        use_cache=True)
+            logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+            score = score + logprobs[torch.arange(len(continuation) - 1), torch.tensor(continuation[1:], device=device)].sum()
+        scores.append(float(score))
+    return scores
+
+
+def mc_correct(model, tokenizer, docs: Sequence[dict], answer_phrase: str = ANSWER_PHRASE) -> list[float]:
+    """Per-item 0/1: the option with the highest log-likelihood is the gold one (lm-eval's ``acc``)."""
+    flags = []
+    for doc in docs:
+        scores = option_scores(model, tokenizer, doc, answer_phrase)
+        flags.append(float(max(range(len(scores)), key=scores.__getitem__) == int(doc["gold_index"])))
+    return flags
+
+
+def mc_accuracy(model, tokenizer, docs: Sequence[dict], answer_phrase: str = ANSWER_PHRASE, batch_size: int = 16) -> float:
+    """Log-likelihood multiple-choice accuracy of ``docs`` (suite documents with ``options``/``gold_index``)."""
+    flags = mc_correct(model, tokenizer, docs, answer_phrase)
+    return sum(flags) / max(len(flags), 1)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, records: Sequence[RationaleRecord], max_length: int, batch_size: int = 4) -> float:
+    """Mean token NLL of ``records`` rendered in the ``standard`` format (teacher rationale + answer)."""
+    dataset = tokenize_records(records, tokenizer, "standard", max_length=max_length)
+    total, count = 0.0, 0
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        width = max(len(ids) for ids in rows["input_ids"])
+        input_ids = torch.full((len(rows["input_ids"]), width), pad, dtype=torch.long)
+        labels = torch.full_like(input_ids, -100)
+        attention = torch.zeros_like(input_ids)
+        for row, (ids, lab) in enumerate(zip(rows["input_ids"], rows["labels"])):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(lab)] = torch.tensor(lab)
+            attention[row, : len(ids)] = 1
+        device = _device(model)
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total += float(nll)
+        count += int(shift_labels.ne(-100).sum())
+    return total / max(count, 1)
+
+
+class Prober:
+    """One curve point: refusal, IND MC accuracy and held-out loss of a model, in eval mode."""
+
+    def __init__(self, tokenizer, harmful: Sequence[str], mc_docs: Sequence[dict], loss_records: Sequence[RationaleRecord],
+                 gen_tokens: int, batch_size: int, max_length: int, answer_phrase: str = ANSWER_PHRASE):
+        self.tokenizer = tokenizer
+        self.harmful = list(harmful)
+        self.mc_docs = list(mc_docs)
+        self.loss_records = list(loss_records)
+        self.gen_tokens = gen_tokens
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.answer_phrase = answer_phrase
+
+    def __call__(self, model, log: Path | None = None) -> dict[str, Any]:
+        was_training = model.training
+        model.eval()
+        try:
+            return {
+                "refusal": refusal_rate(model, self.tokenizer, self.harmful, self.gen_tokens, self.batch_size, log),
+                "ind_mc_acc": mc_accuracy(model, self.tokenizer, self.mc_docs, self.answer_phrase, self.batch_size),
+                "heldout_loss": heldout_loss(model, self.tokenizer, self.loss_records, self.max_length),
+                "n_harmful": len(self.harmful),
+                "n_ind": len(self.mc_docs),
+                "n_loss": len(self.loss_records),
+            }
+        finally:
+            model.train(was_training)

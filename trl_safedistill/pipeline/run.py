@@ -1,0 +1,255 @@
+"""The demo pipeline: prepare -> align (+gate) -> step-0 probe -> distil each method -> evaluate -> report.
+
+Every stage is cached in the run folder (:class:`~.stages.StageRunner`); training stages resume from their
+last checkpoint after a kill. See :mod:`trl_safedistill.demo` for the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .methods import Method, methods_for, select
+from .progress import Progress, ProgressCallback
+from .sizes import RunSize
+from .stages import StageRunner
+
+ALIGN_KEYS = ("model", "load_in_4bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "align_steps", "align_batch",
+              "align_lr", "align_max_length", "align_harmful", "align_benign", "gate_min_refusal", "gate_max_over_refusal",
+              "gate_enforced", "n_advbench", "safety_gen_tokens", "seed", "bf16", "eval_batch", "bootstrap_iters")
+TRAIN_KEYS = ("model", "load_in_4bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "distil_steps", "distil_batch",
+              "distil_lr", "full_ft_lr", "lower_lrs", "max_length", "max_train_records", "refusal_mix_fraction", "curve_every", "seed", "bf16",
+              "curve_n_harmful", "curve_n_ind", "curve_n_loss", "safety_gen_tokens")
+EVAL_KEYS = ("n_advbench", "n_ind_mc", "n_ind_gen", "n_ood_mc", "n_ood_gen", "safety_gen_tokens",
+             "reasoning_gen_tokens", "eval_batch", "bootstrap_iters", "seed")
+DATA_VERSION = 1
+
+
+def _subset(size: RunSize, keys: Sequence[str]) -> dict[str, Any]:
+    data = size.to_dict()
+    return {k: data[k] for k in keys}
+
+
+def build_tiny_model(directory: Path, tokenizer, seed: int = 0) -> Path:
+    """A 2-layer random Llama with the embedded tokenizer's vocabulary, saved with that tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+class DemoPipeline:
+    """One demo run in ``run_dir`` at ``size``."""
+
+    def __init__(self, size: RunSize, run_dir: Path | str, *, force: bool | set[str] = False,
+                 method_names: list[str] | None = None, quiet: bool = False, command: str | None = None,
+                 callbacks: dict[str, list] | None = None, slowed: dict[str, Any] | None = None):
+        self.size = size
+        self.run_dir = Path(run_dir)
+        self.methods: list[Method] = select(methods_for(size, slowed), method_names)
+        self.callbacks = callbacks or {}
+        self.command = command or "trl-safedistill demo " + shlex.join(sys.argv[1:])
+        stages = (["prepare", "align", "curve0"] + [f"distil:{m.name}" for m in self.methods]
+                  + ["eval:aligned"] + [f"eval:{m.name}" for m in self.methods] + ["report"])
+        self.progress = Progress(stages, quiet=quiet)
+        self.runner = StageRunner(self.run_dir, self.progress, force)
+        self._tokenizer = None
+        self._prober = None
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from ..models import embedded_default_path, load_tokenizer
+
+            name = str(embedded_default_path()) if self.size.model == "tiny-random" else self.size.model
+            self._tokenizer = load_tokenizer(name)
+        return self._tokenizer
+
+    def data_dir(self) -> Path:
+        return self.runner.stage_dir("prepare")
+
+    def aligned_path(self) -> str:
+        return self.runner.result("align")["merged"]
+
+    def prober(self):
+        if self._prober is None:
+            from .data import load_records, read_jsonl
+            from .probes import Prober
+
+            data = self.runner.result("prepare")
+            harmful = [d["question"] for d in read_jsonl(Path(data["safety_files"]["advbench"]))][: self.size.curve_n_harmful]
+            mc_docs = read_jsonl(self.data_dir() / "ind_mc.jsonl")[: self.size.curve_n_ind]
+            loss_records = load_records(self.data_dir() / "heldout_records.jsonl")[: self.size.curve_n_loss]
+            self._prober = Prober(self.tokenizer, harmful, mc_docs, loss_records, self.size.safety_gen_tokens,
+                                  self.size.eval_batch, self.size.max_length)
+        return self._prober
+
+    def load(self, path: str):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if self.size.bf16 else torch.float32)
+        return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+
+    # ------------------------------------------------------------------------------------------- stages
+    def stage_prepare(self, directory: Path) -> dict[str, Any]:
+        from ..models import resolve_model_path
+        from .data import prepare_data
+
+        if self.size.model == "tiny-random":
+            base = str(build_tiny_model(directory / "tiny-model", self.tokenizer, self.size.seed))
+        else:
+            base = resolve_model_path(self.size.model)
+        return {"base_model": base, **prepare_data(directory, self.tokenizer, self.size.max_length,
+                                                   self.size.max_train_records, self.size.curve_n_loss)}
+
+    def stage_align(self, directory: Path) -> dict[str, Any]:
+        from trl import SFTConfig
+
+        from ..align import AlignGateError, alignment_dataset, gate_verdict, measure_gate, train_alignment
+        from .evaluate import rename
+        from .training import common_args, peft_config, quantization_config
+
+        size = self.size
+        args = SFTConfig(**common_args(size, directory / "trainer", size.align_steps, size.align_batch, size.align_lr,
+                                       max(1, size.align_steps // 4)), max_length=size.align_max_length)
+        dataset = alignment_dataset(size.align_harmful, size.align_benign, size.seed)
+        callbacks = [ProgressCallback(self.progress), *self.callbacks.get("align", [])]
+        merged = train_alignment(self.runner.result("prepare")["base_model"], self.tokenizer, args, peft_config(size), dataset,
+                                 callbacks, quantization_config(size))
+        model = self.load(str(merged))
+        summary = measure_gate(model, self.tokenizer, size.n_advbench, size.safety_gen_tokens, size.eval_batch,
+                               directory / "samples_gate.jsonl", harmbench=True, bootstrap_iters=size.bootstrap_iters)
+        verdict = {**gate_verdict(summary, size.gate_min_refusal, size.gate_max_over_refusal), "enforced": size.gate_enforced}
+        self.progress.print(verdict["message"])
+        if not verdict["passed"] and size.gate_enforced:
+            raise AlignGateError(verdict["message"])
+        return {"merged": str(merged), "gate": verdict, "safety": rename(summary)}
+
+    def stage_curve0(self, directory: Path) -> dict[str, Any]:
+        point = self.prober()(self.load(self.aligned_path()), directory / "samples.jsonl")
+        return {"step": 0, **point}
+
+    def stage_distil(self, method: Method, directory: Path, stage: str | None = None) -> dict[str, Any]:
+        from .data import load_records, read_jsonl
+        from .safety_mix import mix_refusals
+        from .training import distil, read_curve
+
+        records = load_records(self.data_dir() / "train.jsonl")
+        if method.refusal_mix_fraction:
+            prompts = [row["prompt"] for row in read_jsonl(self.data_dir() / "align_prompts.jsonl")]
+            records = mix_refusals(records, method.refusal_mix_fraction, prompts, self.size.seed)
+        callbacks = [ProgressCallback(self.progress), *self.callbacks.get(stage or f"distil:{method.name}", [])]
+        result = distil(method, self.size, self.aligned_path(), self.tokenizer, records, directory, self.prober(), callbacks)
+        curve = [dict(self.runner.result("curve0"))] + read_curve(directory / "curve.jsonl")
+        for point in curve:
+            point["train_loss"] = result["train_loss"].get(point["step"], result["train_loss"].get(str(point["step"])))
+        result["curve"] = curve
+        result["records"] = len(records)
+        return result
+
+    def stage_eval(self, name: str, directory: Path) -> dict[str, Any]:
+        from .evaluate import reasoning_metrics, rename, safety_metrics
+        from .training import load_student
+
+        ood = self.runner.result("prepare")["ood"]
+        if name == "aligned":
+            model, fmt = self.load(self.aligned_path()), "standard"
+            metrics = dict(self.runner.result("align")["safety"])
+        else:
+            method = next(m for m in self.methods if m.name == name)
+            final = Path(self.runner.result(f"distil:{name}")["final"])
+            model, fmt = load_student(self.aligned_path(), final, self.size), method.distill_format
+            metrics = rename(safety_metrics(model, self.tokenizer, self.size, directory))
+        metrics.update(rename(reasoning_metrics(model, self.tokenizer, fmt, self.size, self.data_dir(), ood, directory)))
+        return {"metrics": metrics}
+
+    def stage_report(self, directory: Path) -> dict[str, Any]:
+        from .report import findings, write_report
+
+        metrics = self.assemble()
+        metrics["findings"] = findings(metrics["models"])
+        return write_report(metrics, directory)
+
+    # --------------------------------------------------------------------------------------------- run
+    def assemble(self) -> dict[str, Any]:
+        import torch
+
+        r = self.runner
+        data = dict(r.result("prepare"))
+        gate = r.result("align")["gate"]
+        models = [{
+            "name": "aligned", "label": "aligned start", "kind": "aligned", "family": "aligned", "format": "standard",
+            "learning_rate": None, "settings": {}, "train": None, "metrics": r.result("eval:aligned")["metrics"],
+            "curve": [r.result("curve0")],
+        }]
+        for method in self.methods:
+            train = r.result(f"distil:{method.name}")
+            models.append({
+                "name": method.name, "label": method.label, "kind": "student", "family": method.family,
+                "format": method.distill_format, "learning_rate": train["learning_rate"],
+                "settings": {**method.config, "refusal_mix_fraction": method.refusal_mix_fraction},
+                "train": {k: train[k] for k in ("steps", "resumed_from", "train_runtime", "records")},
+                "metrics": r.result(f"eval:{method.name}")["metrics"], "curve": train["curve"],
+            })
+        stage_seconds = {k: float(v["seconds"]) for k, v in r.state["stages"].items() if v.get("status") == "done"}
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        return {
+            "schema_version": 1,
+            "run": {
+                "size": self.size.name, "model": self.size.model, "peft": self.size.use_peft, "command": self.command,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "wall_seconds": round(sum(stage_seconds.values()), 1), "stage_seconds": stage_seconds,
+                "settings": self.size.to_dict(), "device": device, "torch_threads": torch.get_num_threads(),
+            },
+            "data": {k: v for k, v in data.items() if k not in ("safety_files", "base_model")},
+            "gate": gate,
+            "models": models,
+            "findings": [],
+        }
+
+    def run_start(self) -> None:
+        """Stages 1-2 and the step-0 curve point: the data and the aligned start every student shares."""
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        size, r = self.size, self.runner
+        data_fp = {"max_length": size.max_length, "model": size.model, "version": DATA_VERSION, "seed": size.seed,
+                   "max_train_records": size.max_train_records, "curve_n_loss": size.curve_n_loss}
+        r.run("prepare", data_fp, self.stage_prepare)
+        r.run("align", _subset(size, ALIGN_KEYS), self.stage_align, depends=("prepare",))
+        r.run("curve0", _subset(size, TRAIN_KEYS), self.stage_curve0, depends=("align",))
+
+    def run_distil(self, method: Method, stage: str | None = None) -> dict[str, Any]:
+        """Train one method from the aligned start as a cached stage (``distil:<name>`` unless ``stage`` is given)."""
+        stage = stage or f"distil:{method.name}"
+        return self.runner.run(stage, {"method": method.__dict__, **_subset(self.size, TRAIN_KEYS)},
+                               lambda d: self.stage_distil(method, d, stage), depends=("align", "curve0"))
+
+    def run(self) -> Path:
+        """Run every stage (cached ones are skipped); returns the report folder."""
+        size, r = self.size, self.runner
+        self.run_start()
+        for method in self.methods:
+            self.run_distil(method)
+        r.run("eval:aligned", _subset(size, EVAL_KEYS), lambda d: self.stage_eval("aligned", d), depends=("align",))
+        for method in self.methods:
+            r.run(f"eval:{method.name}", _subset(size, EVAL_KEYS), lambda d, m=method: self.stage_eval(m.name, d),
+                  depends=(f"distil:{method.name}",))
+        names = ["align", "curve0", "eval:aligned"] + [f"{k}:{m.name}" for m in self.methods for k in ("distil", "eval")]
+        r.run("report", {"methods": [m.name for m in self.methods], "size": size.name}, self.stage_report, depends=tuple(names))
+        return r.stage_dir("report")

@@ -1,0 +1,184 @@
+"""Training stages: distil one student from the aligned start, with checkpoints, resume and curve points.
+
+A stage trains into ``<stage>/trainer`` with Trainer checkpoints every ``curve_every`` steps (model, optimizer,
+scheduler, RNG and, for slow tuning, its anchor); a killed stage is resumed from its last checkpoint with
+``resume_from_checkpoint``, so finished steps are not redone. The final weights (a LoRA adapter, or the whole
+model under full fine-tuning) go to ``<stage>/final``.
+
+:class:`CurveCallback` takes a curve point (:class:`~.probes.Prober`: refusal, IND MC accuracy, held-out
+rationale loss) every ``curve_every`` optimizer steps and at the last one, after slow tuning's correction of
+that step, and appends it to ``<stage>/curve.jsonl``; a point recomputed after a resume replaces the old one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from .methods import Method
+from .probes import Prober
+from .sizes import RunSize
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir`` (``None`` when there is none)."""
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def read_curve(path: Path) -> list[dict[str, Any]]:
+    """Curve points by step (the last record of a step wins), sorted."""
+    if not path.exists():
+        return []
+    points: dict[int, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            point = json.loads(line)
+            points[int(point["step"])] = point
+    return [points[s] for s in sorted(points)]
+
+
+class CurveCallback(TrainerCallback):
+    """Appends a :class:`Prober` point to ``path`` every ``every`` steps and at the last step."""
+
+    def __init__(self, prober: Prober, every: int, path: Path, sample_log: Path | None = None):
+        self.prober, self.every, self.path, self.sample_log = prober, max(1, every), path, sample_log
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if step % self.every and step != state.max_steps:
+            return
+        point = {"step": step, **self.prober(model, self.sample_log)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(point) + "\n")
+
+
+def model_init_kwargs(size: RunSize) -> dict[str, Any]:
+    return {"dtype": "bfloat16" if size.bf16 else "float32"}
+
+
+def peft_config(size: RunSize):
+    """LoRA on every linear layer (``None`` under full fine-tuning)."""
+    if not size.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=size.lora_r, lora_alpha=size.lora_alpha, lora_dropout=size.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def quantization_config(size: RunSize):
+    """4-bit NF4 (QLoRA) for the ``gpu`` size, else ``None``."""
+    if not size.load_in_4bit:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if size.bf16 else torch.float32)
+
+
+def common_args(size: RunSize, output_dir: Path, steps: int, batch: int, lr: float, save_steps: int) -> dict[str, Any]:
+    """TrainingArguments shared by the demo's training stages (CPU-friendly, checkpointed, quiet)."""
+    import torch
+
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": steps,
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": lr,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": min(2, max(0, steps // 4)),
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": max(1, save_steps),
+        "save_total_limit": 1,
+        "gradient_checkpointing": False,
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": size.bf16,
+        "report_to": "none",
+        "seed": size.seed,
+        "data_seed": size.seed,
+        "disable_tqdm": True,
+        "dataset_num_proc": None,
+        "model_init_kwargs": model_init_kwargs(size),
+    }
+
+
+def distil(
+    method: Method,
+    size: RunSize,
+    start_model: str,
+    tokenizer,
+    records: Sequence,
+    directory: Path,
+    prober: Prober,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any]:
+    """Train ``method`` from ``start_model``; resumes from the stage's last checkpoint. Returns the stage result."""
+    from datasets import Dataset
+
+    from ..config import SafeDistillConfig
+    from ..trainer import SafeDistillTrainer
+
+    config = dict(method.config)
+    lr = config.pop("learning_rate", size.distil_lr)
+    if not size.use_peft:
+        lr = lr * size.full_ft_lr / size.distil_lr
+    trainer_dir = directory / "trainer"
+    args = SafeDistillConfig(
+        **common_args(size, trainer_dir, size.distil_steps, size.distil_batch, lr, size.curve_every),
+        max_length=size.max_length,
+        **config,
+    )
+    trainer = SafeDistillTrainer(
+        model=start_model,
+        args=args,
+        train_dataset=Dataset.from_list([r.to_dict() for r in records]),
+        processing_class=tokenizer,
+        peft_config=peft_config(size),
+        quantization_config=quantization_config(size),
+    )
+    trainer.add_callback(CurveCallback(prober, size.curve_every, directory / "curve.jsonl", directory / "samples.jsonl"))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    resume = last_checkpoint(trainer_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(directory / "final"))
+    losses = {int(e["step"]): float(e["loss"]) for e in trainer.state.log_history if "loss" in e and "step" in e}
+    runtime = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
+    trainer.accelerator.free_memory()
+    return {
+        "method": method.name,
+        "steps": trainer.state.global_step,
+        "learning_rate": lr,
+        "resumed_from": int(Path(resume).name.split("-")[-1]) if resume else None,
+        "train_loss": losses,
+        "train_runtime": runtime.get("train_runtime"),
+        "final": str(directory / "final"),
+    }
+
+
+def load_student(start_model: str, final: Path, size: RunSize):
+    """The trained student for evaluation: the start model plus the LoRA adapter, or the full model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if size.bf16 else torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if (Path(final) / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(start_model, dtype=dtype, quantization_config=quantization_config(size))
+        model = PeftModel.from_pretrained(base, str(final))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(final), dtype=dtype)
+    if not size.load_in_4bit:
+        model = model.to(device)
+    return model.eval()
