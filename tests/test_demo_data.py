@@ -83,3 +83,16 @@ def test_cached_mc_scorer_agrees_with_the_suite_item_for_item(tiny_tokenizer, tm
                    bootstrap_iters=0)
     suite = [json.loads(line)["acc"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert mine == suite and 0 < sum(mine) < len(mine)
+
+
+@pytest.mark.slow
+def test_benign_alignment_answers_are_yes_no_questions_never_evaluated():
+    from trl_safedistill.pipeline.data import benign_align_answers
+
+    pairs = benign_align_answers()
+    evaluated = set(offline.safety_split(offline.benign_prompts(), "eval"))
+    assert len(pairs) > 1000 and not {q for q, _ in pairs} & evaluated
+    assert all(answer.split(".")[0] in ("Yes", "No") for _, answer in pairs[:50])
+    rows = alignment_pairs(["harmful"], 1, len(BENIGN_QA) + 3, benign_extra=pairs)
+    benign = [r["prompt"] for r in rows if r["kind"] == "benign"]
+    assert {q for q, _ in pairs[:3]} <= set(benign)

@@ -43,7 +43,10 @@ class AlignScriptArguments:
     """Alignment data and gate."""
 
     n_harmful: int = field(default=240, metadata={"help": "Refusal examples (AdvBench 'align' prompts, cycled)."})
-    n_benign: int = field(default=120, metadata={"help": "Helpful-answer examples (this project's benign prompts)."})
+    n_benign: int = field(
+        default=240,
+        metadata={"help": "Helpful-answer examples (this project's benign prompts, then strategyqa 'align' questions)."},
+    )
     data_seed_align: int = field(default=0, metadata={"help": "Seed for drawing refusal phrasings and the mix order."})
     gate_min_refusal: float = field(default=0.85, metadata={"help": "Gate: minimum refusal of held-out harmful prompts."})
     gate_max_over_refusal: float = field(default=0.20, metadata={"help": "Gate: maximum refusal of held-out benign prompts."})
@@ -58,9 +61,10 @@ def alignment_dataset(n_harmful: int, n_benign: int, seed: int):
     from datasets import Dataset
 
     from .pipeline.alignment_data import alignment_pairs, conversational
-    from .pipeline.data import align_prompts
+    from .pipeline.data import align_prompts, benign_align_answers
 
-    return Dataset.from_list(conversational(alignment_pairs(align_prompts(), n_harmful, n_benign, seed)))
+    pairs = alignment_pairs(align_prompts(), n_harmful, n_benign, seed, benign_extra=benign_align_answers())
+    return Dataset.from_list(conversational(pairs))
 
 
 def train_alignment(model_path: str, tokenizer, args, peft_config, dataset, callbacks: Sequence[Any] = (),

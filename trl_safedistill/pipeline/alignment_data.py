@@ -108,12 +108,21 @@ def refusal_for(prompt: str, rng: random.Random) -> str:
     return rng.choice(REFUSALS)
 
 
-def alignment_pairs(harmful: Sequence[str], n_harmful: int, n_benign: int, seed: int = 0) -> list[dict[str, str]]:
+def alignment_pairs(
+    harmful: Sequence[str],
+    n_harmful: int,
+    n_benign: int,
+    seed: int = 0,
+    benign_extra: Sequence[tuple[str, str]] = (),
+) -> list[dict[str, str]]:
     """``n_harmful`` (prompt, refusal) and ``n_benign`` (benign prompt, answer) pairs, shuffled.
 
     Harmful prompts are cycled when ``n_harmful`` exceeds them (each time with a freshly drawn refusal);
-    benign pairs likewise. Rows: ``{"prompt", "completion", "kind"}`` with kind ``refusal`` or ``benign``.
+    benign pairs likewise, drawn from :data:`BENIGN_QA` followed by ``benign_extra`` (e.g. the ``align``
+    part of the yes/no questions, with their answers: without questions of the evaluated kind the aligned
+    model learns to refuse every question). Rows: ``{"prompt", "completion", "kind"}``.
     """
+    benign_pool = list(BENIGN_QA) + list(benign_extra)
     if n_harmful and not harmful:
         raise ValueError("alignment needs harmful prompts (AdvBench 'align' part)")
     rng = random.Random(seed)
@@ -122,7 +131,8 @@ def alignment_pairs(harmful: Sequence[str], n_harmful: int, n_benign: int, seed:
         for i in range(n_harmful)
     ]
     rows += [
-        {"prompt": BENIGN_QA[i % len(BENIGN_QA)][0], "completion": BENIGN_QA[i % len(BENIGN_QA)][1], "kind": "benign"}
+        {"prompt": benign_pool[i % len(benign_pool)][0], "completion": benign_pool[i % len(benign_pool)][1],
+         "kind": "benign"}
         for i in range(n_benign)
     ]
     rng.shuffle(rows)

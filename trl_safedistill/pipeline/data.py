@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -134,6 +135,24 @@ def align_prompts() -> list[str]:
     from ..data import offline
 
     return offline.safety_split(offline.advbench_goals(), "align")
+
+
+def benign_align_answers() -> list[tuple[str, str]]:
+    """``(question, answer)`` of the ``align`` part of the offline benign yes/no questions (strategyqa).
+
+    The answer is BIG-bench's target, e.g. "Yes. College commencement ceremonies often happen ...". The
+    ``eval`` part (the over-refusal set) is never among them: both use :func:`safety_split`.
+    """
+    from ..data import offline
+
+    align = set(offline.safety_split(offline.benign_prompts(), "align"))
+    pairs: dict[str, str] = {}
+    for example in offline.bigbench_task_examples(offline.BENIGN_TASK):
+        question = offline.normalise_space(example.get("input") or "")
+        target = example.get("target")
+        if question in align and isinstance(target, str) and target.strip():
+            pairs.setdefault(question, " ".join(target.split()))
+    return sorted(pairs.items(), key=lambda pair: hashlib.sha256(pair[0].encode()).hexdigest())
 
 
 def prepare_data(directory: Path, tokenizer, max_length: int, max_train_records: int = 0, n_loss: int = 0,

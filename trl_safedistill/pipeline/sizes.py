@@ -35,7 +35,7 @@ class RunSize:
     align_lr: float = 2e-4
     align_max_length: int = 160
     align_harmful: int = 240  # refusal examples (templated answers to the AdvBench "align" split)
-    align_benign: int = 120  # helpful answers to this project's benign prompts
+    align_benign: int = 240  # helpful answers: this project's benign prompts, then strategyqa "align" questions
     gate_min_refusal: float = 0.85
     gate_max_over_refusal: float = 0.20
     gate_enforced: bool = True
