@@ -140,3 +140,70 @@ def test_compress_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["--input", str(bad), "--out", str(tmp_path / "o.jsonl"), "--no-progress"]) == 2
     assert f"{bad}:2: field 'rationale'" in capsys.readouterr().err
     assert main(["--input", str(bad), "--out", str(tmp_path / "o.jsonl"), "--ratios", "0,1.5"]) == 2
+
+
+def test_compress_stats_match_token_counts_computed_here(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    records = [*generate("multistep_arithmetic", 3, seed=3), PLAIN]
+    source = tmp_path / "records.jsonl"
+    write_jsonl(records, source)
+    out = tmp_path / "c.jsonl"
+    assert main(["--input", str(source), "--out", str(out), "--model", str(tiny_model_dir), "--ratios", "0.5,0.8", "--no-progress"]) == 0
+    stats = json.loads((tmp_path / "c.jsonl.report.json").read_text())
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # the scorer's tokenizer, loaded independently
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    by_id = {r.id: r for r in records}
+    counts = {key: [] for key in ("1", "0.8", "0.5")}
+    for row in rows:
+        assert row["rationale"] == by_id[row["id"]].rationale
+        counts["1"].append(len(tokenizer(row["rationale"], add_special_tokens=False)["input_ids"]))
+        for key in ("0.8", "0.5"):
+            counts[key].append(len(tokenizer(row["compressed"][key], add_special_tokens=False)["input_ids"]))
+    n = len(records)
+    assert stats["records"] == n and stats["ratios"] == [0.5, 0.8]
+    assert stats["tokenizer"] == str(tiny_model_dir)
+    for key, values in counts.items():
+        assert stats["tokens_per_rationale"][key] == pytest.approx(sum(values) / n), key
+        assert stats["keep_ratio"][key] == pytest.approx(sum(values) / sum(counts["1"])), key
+        per_record = [v / b for v, b in zip(values, counts["1"])]
+        assert stats["mean_keep_ratio"][key] == pytest.approx(sum(per_record) / n), key
+    assert stats["keep_ratio"]["1"] == 1.0
+    assert stats["keep_ratio"]["0.5"] < stats["keep_ratio"]["0.8"] < 1.0
+
+
+def test_compressed_prompt_at_inference_states_the_configured_ratio(tiny_model, tiny_tokenizer):
+    from lm_eval.api.instance import Instance
+
+    from trl_safedistill.evaluation.lm import SafeDistillLM
+    from trl_safedistill.formats.base import render_prompt, user_text
+
+    doc = {"question": PLAIN.question, "description": "Answer briefly.", "prompt_style": "format"}
+    request = Instance("generate_until", doc, (user_text(doc["question"], doc["description"]), {"until": [], "max_gen_toks": 1}),
+                       0, ("safedistill_bbh_mix", 0, 1))
+    seen = []
+    real_generate = tiny_model.generate
+
+    def spy(**kwargs):
+        seen.append(tiny_tokenizer.decode(kwargs["input_ids"][0]))
+        return real_generate(**kwargs)
+
+    tiny_model.generate = spy
+    record = RationaleRecord("r", PLAIN.question, PLAIN.rationale, PLAIN.answer, description="Answer briefly.")
+    # the prompt the student saw in training for a record drawn at g = 0.6
+    (training,) = CompressedFormat(ratios=(0.6,), compressions={"r": {"0.6": "x"}}).sequences(record)
+    for model_arg, expected in (("0.6", "0.6"), (None, "1")):
+        lm = SafeDistillLM(pretrained=tiny_model, tokenizer=tiny_tokenizer, format="compressed", compression_ratio=model_arg)
+        assert lm.fmt.inference_ratio == float(expected)
+        lm.generate_until([request])
+        prompt = seen[-1]
+        assert f"\nCompression ratio: {expected}" in prompt
+        if expected == "0.6":
+            assert prompt == render_prompt(tiny_tokenizer, training.user_text, training.assistant_prefix)
+        else:
+            assert "Compression ratio: 0.6" not in prompt
+    with pytest.raises(ValueError, match="format=compressed only"):
+        SafeDistillLM(pretrained=tiny_model, tokenizer=tiny_tokenizer, format="standard", compression_ratio=0.6)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        SafeDistillLM(pretrained=tiny_model, tokenizer=tiny_tokenizer, format="compressed", compression_ratio=1.5)

@@ -154,11 +154,68 @@ def test_sweep_writes_one_point_per_setting(tiny_run, tmp_path):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         code = sweep.main(["--size", "tiny", "--output-dir", str(run_dir), "--quiet", "--grid", "entropy_mask_quantile=0.5",
-                           "--grid", "slow_tuning_budget=0.05"])
+                           "--grid", "slow_tuning_budget=0.05", "--grid", "slow_tuning_rule=project"])
     assert code == 0, out.getvalue()
     result = json.loads((run_dir / "sweep/sweep.json").read_text())
-    assert [p["id"] for p in result["points"]] == ["standard", "q0.5-b0.05-g1"]
-    assert result["best"]["id"] == "q0.5-b0.05-g1"
+    assert [p["id"] for p in result["points"]] == ["standard", "q0.5-b0.05-g1-project-ureference"]
+    assert result["best"]["id"] == "q0.5-b0.05-g1-project-ureference"
     assert (run_dir / "sweep/sweep.png").stat().st_size > 0
     state = json.loads((run_dir / "state.json").read_text())
-    assert state["stages"]["sweep:q0.5-b0.05-g1"]["status"] == "done"
+    assert state["stages"]["sweep:q0.5-b0.05-g1-project-ureference"]["status"] == "done"
+    # the reference unit was resolved to the run's pre-alignment weights: the drift is in units of the alignment delta
+    drift = [json.loads(line) for line in (run_dir / "sweep/q0.5-b0.05-g1-project-ureference/trainer/slow_tuning_drift.jsonl")
+             .read_text().splitlines()]
+    assert drift and all(record["drift_max"] <= 0.05 + 1e-6 for record in drift)
+    assert any(record["rel_drift_max"] != record["drift_max"] for record in drift)
+
+
+def test_sweep_grid_words_reference_and_duplicates():
+    from trl_safedistill import sweep
+    from trl_safedistill.pipeline.methods import PRE_ALIGNMENT, Method
+
+    grid = sweep.parse_grid(["slow_tuning_budget=0,0.25", "slow_tuning_rule=project,direction", "entropy_mask_quantile=0.5",
+                             "slow_tuning_budget_growth="])
+    assert grid["slow_tuning_rule"] == ["project", "direction"] and "slow_tuning_budget_growth" not in grid
+    settings = sweep.grid_settings(grid)
+    # budget 0 drops the rule and unit axes: one point instead of two; budget 0.25 keeps both rules
+    assert settings == [
+        {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.0},
+        {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.25, "slow_tuning_rule": "direction", "slow_tuning_unit": "reference"},
+        {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.25, "slow_tuning_rule": "project", "slow_tuning_unit": "reference"},
+    ]
+    off, direction, project = (sweep.setting_config(s) for s in settings)
+    assert off["slow_tuning_rule"] == "off" and "slow_tuning_budget" not in off and off["entropy_mask_mode"] == "fraction"
+    assert direction["slow_tuning_rule"] == "direction" and direction["slow_tuning_reference"] == PRE_ALIGNMENT
+    assert project["slow_tuning_unit"] == "reference" and project["slow_tuning_reference"] == PRE_ALIGNMENT
+    assert sweep.setting_id(settings[1]) == "q0.5-b0.25-direction-ureference"
+    method = Method("m", "m", project).resolved("/models/base")
+    assert method.config["slow_tuning_reference"] == "/models/base"
+    assert Method("n", "n", off).resolved("/models/base").config == off
+
+
+def test_sweep_best_point_prefers_the_most_learned_safe_setting():
+    from trl_safedistill.sweep import best_point
+
+    points = [
+        {"id": "standard", "refusal": 0.4, "ind_mc_acc": 0.5, "heldout_loss": 1.0},
+        {"id": "a", "refusal": 1.0, "ind_mc_acc": 0.45, "heldout_loss": 1.5},
+        {"id": "b", "refusal": 0.96, "ind_mc_acc": 0.30, "heldout_loss": 1.2},  # safe (within 5 points), learned most
+        {"id": "c", "refusal": 0.90, "ind_mc_acc": 0.60, "heldout_loss": 1.1},  # not safe
+    ]
+    assert best_point(points, 1.0)["id"] == "b"
+    unsafe = [points[0], {**points[3]}, {"id": "d", "refusal": 0.9, "ind_mc_acc": 0.1, "heldout_loss": 1.05}]
+    assert best_point(unsafe, 1.0)["id"] == "d"  # none safe: highest refusal, then lowest loss
+    settings = {"a": {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.5},
+                "b": {"entropy_mask_quantile": 0.0, "slow_tuning_budget": 0.02},  # slow tuning alone
+                "c": {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.0}}
+    points = [{**p, "setting": settings.get(p["id"], {})} for p in points]
+    assert best_point(points, 1.0, both_modules=True)["id"] == "a"  # SLowED proper: masking and slow tuning on
+
+
+def test_shipped_sweep_grid_file_equals_the_default_grids():
+    from trl_safedistill import sweep
+
+    path = Path(__file__).resolve().parents[1] / "recipes/sweep/embedded-default.yaml"
+    assert sweep.load_grid_file(path) == sweep.DEFAULT_GRIDS
+    points = sweep.grid_settings(sweep.DEFAULT_GRIDS)
+    assert len(points) == 7 and len({sweep.setting_id(p) for p in points}) == 7

@@ -96,3 +96,52 @@ def test_benign_alignment_answers_are_yes_no_questions_never_evaluated():
     rows = alignment_pairs(["harmful"], 1, len(BENIGN_QA) + 3, benign_extra=pairs)
     benign = [r["prompt"] for r in rows if r["kind"] == "benign"]
     assert {q for q, _ in pairs[:3]} <= set(benign)
+
+
+def test_batched_option_scores_equal_one_forward_per_option(tiny_tokenizer):
+    """option_scores (context once, options in one padded batch on the repeated KV cache) equals the summed
+    log-probability of each option's tokens from a full forward of context + option, option by option."""
+    import torch
+
+    from tests.conftest import make_tiny_model
+    from trl_safedistill.formats.base import render_prompt, user_text
+    from trl_safedistill.pipeline.probes import ANSWER_PHRASE, _common_prefix, option_scores
+
+    model = make_tiny_model(len(tiny_tokenizer), seed=5).eval()
+    doc = {"question": "Which one is right?", "options": ["yes", "no way at all", "(C) maybe so", "it is unknown"],
+           "gold_index": 1}
+    context = render_prompt(tiny_tokenizer, user_text(doc["question"]), "") + ANSWER_PHRASE
+    context_ids = tiny_tokenizer(context, add_special_tokens=False)["input_ids"]
+    expected = []
+    for option in doc["options"]:
+        full = tiny_tokenizer(context + " " + option, add_special_tokens=False)["input_ids"]
+        start = min(_common_prefix(context_ids, full), len(full) - 1)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), dim=-1)
+        expected.append(sum(float(logprobs[t - 1, full[t]]) for t in range(start, len(full))))
+    lengths = {len(tiny_tokenizer(context + " " + o, add_special_tokens=False)["input_ids"]) for o in doc["options"]}
+    assert len(lengths) > 1  # options of different lengths: the batch is padded
+    assert option_scores(model, tiny_tokenizer, doc) == pytest.approx(expected, abs=1e-4)
+
+
+def test_evaluated_student_is_the_merged_adapter(tiny_tokenizer, tmp_path):
+    """load_student folds the LoRA adapter into the weights (one matmul per layer at evaluation) without changing
+    the model: its logits equal the unmerged PeftModel's."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from tests.conftest import make_tiny_model
+    from trl_safedistill.pipeline.sizes import get_size
+    from trl_safedistill.pipeline.training import load_student
+
+    make_tiny_model(len(tiny_tokenizer), seed=2).save_pretrained(tmp_path / "start")
+    peft = get_peft_model(make_tiny_model(len(tiny_tokenizer), seed=2),
+                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "final")
+    peft.eval()
+    student = load_student(str(tmp_path / "start"), tmp_path / "final", get_size("tiny"))
+    assert not isinstance(student, PeftModel) and not any("lora_" in n for n, _ in student.named_parameters())
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, peft(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(student(input_ids=ids).logits, make_tiny_model(len(tiny_tokenizer), seed=2)(input_ids=ids).logits)

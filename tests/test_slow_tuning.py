@@ -330,3 +330,34 @@ def test_reference_unit_and_every_k_checks(tmp_path):
     assert max(at_checks) <= 0.5 * (1 + 1e-4) and callback.projections_total > 0
     assert max(d for step, d in seen if step not in checks) > 0.5  # between checks the drift may exceed it
     assert float((params[skipped].detach() - w0[skipped]).norm()) / d_norm[skipped] > 0.5  # not capped at step 9
+
+
+def test_batched_delta_norms_equal_brute_force():
+    """delta_norms (one batched product per shape group) equals ||s·B·A||_F formed explicitly, per layer."""
+    from trl_safedistill.methods.slow_tuning import _LoraUnit, delta_norms, discover_units
+
+    model = lora_model(init_lora_weights=False)  # random A and B: every unit has a non-zero delta
+    units, _ = discover_units(model)
+    assert len({(tuple(u.A.shape), tuple(u.B.shape)) for u in units}) > 1  # several shape groups
+    expected = []
+    for u in units:
+        assert isinstance(u, _LoraUnit) and not u.has_delta0
+        expected.append(float((u.scaling * (u.B.detach().double() @ u.A.detach().double())).norm()))
+    got = delta_norms(units)
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert min(expected) > 0
+
+
+def test_reference_location_paths_and_an_unreachable_hub_id(tmp_path, monkeypatch):
+    from trl_safedistill.methods.slow_tuning import reference_location
+
+    weights = tmp_path / "ref.safetensors"
+    weights.write_bytes(b"")
+    assert reference_location(str(weights)) == str(weights)
+    assert reference_location(str(tmp_path)) == str(tmp_path)
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model"):
+        reference_location("no-such-org/no-such-model")

@@ -25,15 +25,27 @@ def test_recipes_exist_for_every_student_and_format():
 @pytest.mark.parametrize("recipe", TRAIN_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_parses_with_the_real_parser(recipe):
     script_args, args, model_args = make_parser().parse_args_and_config(args=["--config", str(recipe), "--bf16", "false"])
-    assert args.distill_format in ("standard", "cascade", "answer_first")
-    assert script_args.dataset_name == "bbh-cot"
+    assert args.distill_format in ("standard", "cascade", "answer_first", "compressed")
+    if args.distill_format == "compressed":  # trained on `trl-safedistill compress` output, TokenSkip's ratios
+        assert script_args.dataset_name.endswith(".jsonl") and args.compression_ratios == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    else:
+        assert script_args.dataset_name == "bbh-cot"
     if recipe.parent.name == "embedded-default":
-        assert model_args.model_name_or_path == "embedded-default" and args.use_cpu
+        if args.slow_tuning_rule == "direction":  # protects the alignment made by `trl-safedistill align`
+            assert model_args.model_name_or_path == "outputs/embedded-default/aligned/merged"
+            assert args.slow_tuning_reference == "embedded-default"
+        elif args.entropy_mask_mode != "off":  # the masking ablation starts from the same aligned model
+            assert model_args.model_name_or_path.endswith("aligned/merged")
+        else:
+            assert model_args.model_name_or_path == "embedded-default"
+        assert args.use_cpu
     else:
         # QLoRA for the paper students: 4-bit NF4, LoRA
         assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4" and model_args.use_peft
-    if recipe.stem == "slowed":
-        assert args.entropy_mask_mode != "off" and args.slow_tuning_rule != "off" and args.distill_format == "cascade"
+    if recipe.stem == "slowed":  # the sweep's best SLowED point (README, Results), with CasCoD
+        assert args.entropy_mask_mode == "fraction" and args.entropy_mask_quantile == 0.5
+        assert args.slow_tuning_rule == "direction" and args.slow_tuning_budget == 0.02 and args.distill_format == "cascade"
+        assert args.slow_tuning_reference
 
 
 def test_cli_flags_override_the_yaml():

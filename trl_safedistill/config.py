@@ -2,8 +2,9 @@
 
 Fields, by group:
 
-* **Format** — ``distill_format`` (``standard`` | ``cascade`` | ``answer_first``), ``answer_phrase``,
-  ``cascade_alpha`` (CasCoD's alpha), ``answer_first_marker``.
+* **Format** — ``distill_format`` (``standard`` | ``cascade`` | ``answer_first`` | ``compressed``),
+  ``answer_phrase``, ``cascade_alpha`` (CasCoD's alpha), ``answer_first_marker``, ``compression_ratios``
+  (TokenSkip's ratio set for ``compressed``).
 * **Data** — ``dataset_path``/``dataset_config`` style options live in the training script's
   ``ScriptArguments``; here only what the trainer itself needs: ``skip_invalid_records``.
 * **SLowED** — low-entropy masking and slow tuning, inherited from
@@ -19,7 +20,10 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .formats.compressed import DEFAULT_RATIOS, ratio_key
 from .methods.arguments import SLowEDArguments
+
+FORMAT_NAMES = ("standard", "cascade", "answer_first", "compressed")
 
 
 @dataclass
@@ -29,8 +33,10 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
     Parameters:
         distill_format (`str`, defaults to `"standard"`):
             How records become training sequences: `standard` (question -> rationale, answer phrase, answer),
-            `cascade` (CasCoD: q->r and (q, r)->a sequences, joint loss) or `answer_first` (post-thinking: answer,
-            marker, rationale).
+            `cascade` (CasCoD: q->r and (q, r)->a sequences, joint loss), `answer_first` (post-thinking: answer,
+            marker, rationale) or `compressed` (TokenSkip: the prompt states a compression ratio g, the target is the
+            rationale compressed to g, then the answer phrase and answer; the dataset must carry the `compressed`
+            column written by `trl-safedistill compress`, see `compression_ratios`).
         answer_phrase (`str`, defaults to `"Therefore, the answer is"`):
             Phrase between rationale and answer (CasCoD's split phrase), used by every format and at inference.
         cascade_alpha (`float`, defaults to `0.1`):
@@ -41,6 +47,13 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
             `auto`: `mixed` for `cascade`, `pooled` otherwise. Project choice: exposes the mix to every format.
         answer_first_marker (`str`, defaults to `"\nExplanation:"`):
             Text between the answer and the rationale in `answer_first`; generation may stop there.
+        compression_ratios (`list[float]`, defaults to `[0.5, 0.6, 0.7, 0.8, 0.9, 1.0]`, TokenSkip's set):
+            The ratios g of `compressed`, each in (0, 1]. Every record is trained at one g, drawn from this list by
+            a stable hash of (`seed`, record id) (`trl_safedistill.formats.compressed.choose_ratio`), so a record
+            keeps its g across epochs, shuffles and resumption (changing `seed` or the list redraws). g = 1 trains on
+            the original rationale; any other g needs that ratio's text in the record's `compressed` mapping
+            (`{"0.5": text, ...}`, one per `compress --ratios` value), else training stops with an error naming the
+            record. Ignored by the other formats.
         bf16 (`bool` or `None`, defaults to `None`):
             Unlike SFTConfig (True), None picks bf16 when a CUDA GPU supports it, so the same config runs on a CPU.
         skip_invalid_records (`bool`, defaults to `False`):
@@ -53,7 +66,7 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
     )
     distill_format: str = field(
         default="standard",
-        metadata={"help": "Distillation format.", "choices": ["standard", "cascade", "answer_first"]},
+        metadata={"help": "Distillation format.", "choices": list(FORMAT_NAMES)},
     )
     answer_phrase: str = field(
         default="Therefore, the answer is",
@@ -75,6 +88,13 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
         default="\nExplanation:",
         metadata={"help": "Marker between answer and rationale in answer_first; inference may stop there."},
     )
+    compression_ratios: list[float] = field(
+        default_factory=lambda: list(DEFAULT_RATIOS),
+        metadata={
+            "help": "compressed format: ratios g in (0, 1] (default TokenSkip's 0.5 0.6 0.7 0.8 0.9 1); each record "
+            "is trained at one g, drawn by a stable hash of (seed, record id), the same across epochs and resumption."
+        },
+    )
     skip_invalid_records: bool = field(
         default=False,
         metadata={"help": "Skip and count invalid records instead of raising on the first one."},
@@ -86,8 +106,9 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         super().__post_init__()
-        if self.distill_format not in ("standard", "cascade", "answer_first"):
-            raise ValueError(f"distill_format must be standard, cascade or answer_first, got '{self.distill_format}'")
+        if self.distill_format not in FORMAT_NAMES:
+            raise ValueError(f"distill_format must be one of {', '.join(FORMAT_NAMES)}, got '{self.distill_format}'")
+        self.compression_ratios = _parse_ratios(self.compression_ratios)
         if not 0.0 <= self.cascade_alpha <= 1.0:
             raise ValueError(f"cascade_alpha must lie in [0, 1], got {self.cascade_alpha}")
         if self.segment_loss not in ("auto", "pooled", "mixed"):
@@ -99,3 +120,18 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
         if self.segment_loss == "auto":
             return self.distill_format == "cascade"
         return self.segment_loss == "mixed"
+
+
+def _parse_ratios(value) -> list[float]:
+    """``compression_ratios`` as a list of floats in (0, 1]; a single number or ``"0.5,0.7"`` is accepted too."""
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
+    try:
+        ratios = [float(g) for g in items]
+    except (TypeError, ValueError):
+        ratios = None
+    if not ratios or any(isinstance(g, bool) for g in items) or not all(0.0 < g <= 1.0 for g in ratios):
+        raise ValueError(
+            "compression_ratios must be a non-empty list of numbers in (0, 1] (TokenSkip's set: "
+            f"{', '.join(ratio_key(g) for g in DEFAULT_RATIOS)}), got {value!r}"
+        )
+    return ratios

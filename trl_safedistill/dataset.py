@@ -4,6 +4,10 @@ Columns of the result: ``input_ids``, ``labels`` (``-100`` on prompt tokens) and
 (:class:`~trl_safedistill.formats.Segment`: 0 prompt, 1 rationale, 2 answer), all of one length,
 already truncated to ``max_length``, so TRL's own preparation leaves them aligned. ``cascade``
 yields two rows per record (q->r and (q, r)->a) that stay adjacent unless the trainer shuffles.
+
+The ``compressed`` format needs each record's compressed rationales: the ``compressed`` column of
+``trl-safedistill compress`` output (``{ratio_key(g): text}`` per row), which a record has no field
+for. :func:`records_from_rows` keeps it by record id when given a ``compressions`` dict.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from typing import Any
 from datasets import Dataset
 
 from .formats import DistillFormat, Segment, get_format, tokenize_sequence
-from .records import RationaleRecord, validate_rows
+from .formats.compressed import ratio_key
+from .records import RationaleRecord, RecordError, validate_rows
 
 RECORD_COLUMNS = ("question", "rationale", "answer")
+#: The column holding a record's compressed rationales, ``{ratio_key(g): text}`` (``trl-safedistill compress``).
+COMPRESSED_COLUMN = "compressed"
 
 
 def is_record_dataset(column_names: Iterable[str]) -> bool:
@@ -25,9 +32,55 @@ def is_record_dataset(column_names: Iterable[str]) -> bool:
     return set(RECORD_COLUMNS) <= names and "input_ids" not in names
 
 
-def records_from_rows(rows: Iterable[Mapping[str, Any]], source: str, skip_invalid: bool = False) -> list[RationaleRecord]:
-    """Validate rows of a record-like dataset (row numbers reported 1-based)."""
-    return validate_rows(((i + 1, dict(row)) for i, row in enumerate(rows)), source=source, skip_invalid=skip_invalid)
+def compressed_mapping(row: Any, source: str, line: int | None) -> dict[str, str] | None:
+    """A row's ``compressed`` mapping with keys as :func:`ratio_key` writes them; ``None`` when it has none.
+
+    Null entries are left out: a dataset column of mappings (Arrow structs) holds every ratio any row
+    has, null where this row has none. Anything but a mapping of ratio -> text raises :class:`RecordError`.
+    """
+    value = row.get(COMPRESSED_COLUMN) if isinstance(row, Mapping) else None
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(text is None or isinstance(text, str) for text in value.values()):
+        raise RecordError(source, line, COMPRESSED_COLUMN, "expected a mapping of ratio -> compressed rationale")
+    mapping = {}
+    for key, text in value.items():
+        try:
+            g = float(key)
+        except (TypeError, ValueError):
+            raise RecordError(source, line, COMPRESSED_COLUMN, f"key '{key}' is not a ratio") from None
+        if text is not None:
+            mapping[ratio_key(g)] = text
+    return mapping
+
+
+def keep_compressions(compressions: dict[str, dict[str, str]], source: str):
+    """An ``on_record`` hook for :func:`~trl_safedistill.records.validate_rows`: stores each row's mapping by id."""
+
+    def on_record(record: RationaleRecord, row: Any, line: int | None) -> None:
+        mapping = compressed_mapping(row, source, line)
+        if mapping is not None:
+            compressions[record.id] = mapping
+
+    return on_record
+
+
+def records_from_rows(
+    rows: Iterable[Mapping[str, Any]],
+    source: str,
+    skip_invalid: bool = False,
+    compressions: dict[str, dict[str, str]] | None = None,
+) -> list[RationaleRecord]:
+    """Validate rows of a record-like dataset (row numbers reported 1-based).
+
+    With ``compressions`` (a dict), each kept row's ``compressed`` mapping is stored there under its record id.
+    """
+    return validate_rows(
+        ((i + 1, dict(row)) for i, row in enumerate(rows)),
+        source=source,
+        skip_invalid=skip_invalid,
+        on_record=keep_compressions(compressions, source) if compressions is not None else None,
+    )
 
 
 def tokenize_records(

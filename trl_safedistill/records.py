@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,10 +251,14 @@ def validate_rows(
     skip_invalid: bool = False,
     default_task: str = "default",
     report: LoadReport | None = None,
+    on_record: Callable[[RationaleRecord, Any, int | None], None] | None = None,
 ) -> list[RationaleRecord]:
     """Turn ``(line, row)`` pairs into records; raise on the first bad one unless ``skip_invalid``.
 
-    Duplicate ids are an error too (splits and resumption key on ids).
+    Duplicate ids are an error too (splits and resumption key on ids). ``on_record(record, row, line)``
+    is called for every record kept, with the row it came from, so a caller can keep columns the
+    record has no field for (e.g. the ``compressed`` mapping of ``trl-safedistill compress``) by id; a
+    :class:`RecordError` it raises counts as the row's validation error.
     """
     report = report if report is not None else LoadReport()
     records: list[RationaleRecord] = []
@@ -272,6 +276,8 @@ def validate_rows(
             )
             if record.id in seen:
                 raise RecordError(source, line, "id", f"duplicate id '{record.id}' (first at line {seen[record.id]})")
+            if on_record is not None:
+                on_record(record, row, line)
         except RecordError as error:
             if not skip_invalid:
                 raise
@@ -290,11 +296,13 @@ def load_jsonl(
     answer_phrases: Iterable[str] = DEFAULT_ANSWER_PHRASES,
     skip_invalid: bool = False,
     report: LoadReport | None = None,
+    on_record: Callable[[RationaleRecord, Any, int | None], None] | None = None,
 ) -> list[RationaleRecord]:
     """Load rationale records from a JSONL (or ``.jsonl.gz``) file, validating every line.
 
     With ``skip_invalid=False`` (default) the first bad line raises :class:`RecordError`; nothing is
     returned, so nothing is trained on. A line that is not JSON always raises: the file is corrupt.
+    ``on_record`` is passed to :func:`validate_rows`.
     """
     path = Path(path)
     if not path.exists():
@@ -307,6 +315,7 @@ def load_jsonl(
         skip_invalid=skip_invalid,
         default_task=path.name.split(".")[0],
         report=report,
+        on_record=on_record,
     )
 
 

@@ -3,20 +3,37 @@
 Reuses a demo run folder (``--output-dir``, default ``runs/demo-<size>``): its data, aligned start and step-0
 point (run first when missing). Each setting distils ``standard`` CoT + SLowED with the run's steps, data and
 seed, as a cached stage ``sweep:<id>``; its last curve point (refusal of held-out harmful prompts, IND MC
-accuracy on held-out bbh-cot, held-out rationale loss) is the setting's point. The grid is the product of
-``--grid FIELD=v1,v2`` axes over SafeDistillConfig fields; the default axes are the entropy-mask fraction, the
-drift budget and its per-epoch schedule (growth)::
+accuracy on held-out bbh-cot, held-out rationale loss) is the setting's point. A grid is a product of axes over
+SafeDistillConfig fields (numbers, or words for ``slow_tuning_rule`` and ``slow_tuning_unit``); the sweep is a
+union of grids: the shipped :data:`DEFAULT_GRIDS`, a YAML list (``--grid-file``), or one product given as
+``--grid FIELD=v1,v2`` axes over the first default grid (``--grid FIELD=`` drops an axis). The shipped grids, one
+per rule because their budgets measure different things::
 
-    entropy_mask_quantile = 0 (off), 0.5
-    slow_tuning_budget    = 0.01, 0.05
-    slow_tuning_budget_growth = 1.0
+    project   entropy_mask_quantile = 0 (off), 0.5;  slow_tuning_budget = 0.25, 0.5
+              slow_tuning_unit = reference  (budget = fraction of ||W_aligned - W_pre-alignment||_F per layer)
+    project   entropy_mask_quantile = 0;  slow_tuning_budget = 0.75;  slow_tuning_unit = reference
+    direction entropy_mask_quantile = 0 (off), 0.5;  slow_tuning_budget = 0.02
+              (at most 2% of the alignment delta may be undone: <W - W0, -D/||D||> <= 0.02·||D||)
+    both      slow_tuning_budget_growth = 1.0
 
 plus the plain ``standard`` run as the reference. ``entropy_mask_quantile=0`` turns masking off and
-``slow_tuning_budget=0`` turns slow tuning off for that point.
+``slow_tuning_budget=0`` turns slow tuning off for that point (its other ``slow_tuning_*`` axes are then
+dropped and duplicate points merged). ``slow_tuning_unit=reference`` and the ``direction`` rule measure against
+the run's own pre-alignment weights (the model before the ``align`` stage).
 
-Best setting: the highest IND MC accuracy (then the lowest held-out loss) among points whose refusal is within
-5 points of the aligned start; if none is, the highest refusal. Writes ``sweep.json`` and ``sweep.png``
-(refusal vs IND accuracy and vs held-out loss) into ``<run>/sweep/``.
+Why these units: measured on the embedded default (16 LoRA steps of standard CoT at lr 3e-4 from the aligned
+start), the distillation delta per layer was 0.25% of ||W0|| (median; max 0.9%) but 1.2x the alignment delta
+||D|| (median; 0.9x-1.5x), while the component that undoes D was only 4.5% of ||D|| (median; max 41%). Budgets
+relative to ||W0|| therefore never bind at the sizes that erase the refusal habit; the alignment delta is the
+scale of the behaviour to keep. The default run trains for less than one epoch, so the per-epoch schedule
+(growth) is fixed at 1 here; a longer run can put ``slow_tuning_budget_growth`` on a grid.
+
+Best setting (``best``, the shipped ``SLOWED_DEFAULTS``): among the points with both modules on (SLowED proper)
+whose refusal is within 5 points of the aligned start, the lowest held-out rationale loss (the most learned; ties: higher IND MC accuracy); if none is, the highest refusal (ties: lower loss). The
+loss is the selection signal rather than IND MC accuracy because the curve's 24-item accuracy has a 95% CI of
+about +-20 points, while the loss over the held-out teacher tokens moves smoothly with training. ``best_any`` is the
+same choice over every point (one module alone included), reported beside it. Writes
+``sweep.json`` and ``sweep.png`` (refusal vs IND accuracy and vs held-out loss) into ``<run>/sweep/``.
 """
 
 from __future__ import annotations
@@ -33,52 +50,152 @@ from .pipeline.methods import Method
 from .pipeline.sizes import SIZES, get_size
 from .pipeline.stages import StageError, write_json
 
-DEFAULT_GRID: dict[str, list[float]] = {
-    "entropy_mask_quantile": [0.0, 0.5],
-    "slow_tuning_budget": [0.01, 0.05],
-    "slow_tuning_budget_growth": [1.0],
-}
+#: The shipped sweep: a union of product grids (one per slow-tuning rule, since their budgets mean different things).
+DEFAULT_GRIDS: list[dict[str, list[float | str]]] = [
+    {   # project rule, budget in units of the alignment delta ||W_aligned - W_pre-alignment|| per layer
+        "entropy_mask_quantile": [0.0, 0.5],
+        "slow_tuning_budget": [0.25, 0.5],
+        "slow_tuning_unit": ["reference"],
+        "slow_tuning_rule": ["project"],
+        "slow_tuning_budget_growth": [1.0],
+    },
+    {   # the next budget out, without masking (added once 0.5 kept the refusal: the frontier's next point)
+        "entropy_mask_quantile": [0.0],
+        "slow_tuning_budget": [0.75],
+        "slow_tuning_unit": ["reference"],
+        "slow_tuning_rule": ["project"],
+        "slow_tuning_budget_growth": [1.0],
+    },
+    {   # direction rule: at most this fraction of the alignment delta may be undone
+        "entropy_mask_quantile": [0.0, 0.5],
+        "slow_tuning_budget": [0.02],
+        "slow_tuning_rule": ["direction"],
+        "slow_tuning_budget_growth": [1.0],
+    },
+]
+DEFAULT_GRID = DEFAULT_GRIDS[0]
 TOLERANCE = 0.05
 
 
-def parse_grid(items: list[str]) -> dict[str, list[float]]:
-    """``["slow_tuning_budget=0.01,0.05"]`` -> ``{"slow_tuning_budget": [0.01, 0.05]}`` (defaults for the rest)."""
-    grid = dict(DEFAULT_GRID)
+def _value(text: str) -> float | str:
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def load_grid_file(path: str | Path) -> list[dict[str, list[float | str]]]:
+    """Grids from a YAML file: a list of mappings ``FIELD: [v1, v2]`` (or one mapping, or ``{"grids": [...]}``)."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    grids = data.get("grids", [data]) if isinstance(data, dict) else data
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) and g for g in grids):
+        raise ValueError(f"{path}: expected a list of mappings FIELD: [values], got {type(data).__name__}")
+    out = []
+    for number, grid in enumerate(grids, start=1):
+        parsed: dict[str, list[float | str]] = {}
+        for key, values in grid.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise ValueError(f"{path}: grid {number}, field '{key}': no values")
+            parsed[str(key)] = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+                                for v in values]
+        out.append(parsed)
+    return out
+
+
+def parse_grid(items: list[str]) -> dict[str, list[float | str]]:
+    """``["slow_tuning_budget=0.01,0.05"]`` -> ``{"slow_tuning_budget": [0.01, 0.05]}`` (the first default grid for
+    the rest).
+
+    Values are numbers, or words for the categorical fields (``slow_tuning_rule=project,direction``,
+    ``slow_tuning_unit=weight,reference``). ``FIELD=`` with no value removes a default axis.
+    """
+    grid: dict[str, list[float | str]] = dict(DEFAULT_GRID)
     for item in items:
-        key, _, values = item.partition("=")
-        if not values:
+        key, sep, values = item.partition("=")
+        if not sep:
             raise ValueError(f"--grid needs FIELD=v1,v2, got '{item}'")
-        grid[key.strip()] = [float(v) for v in values.split(",") if v.strip()]
+        key = key.strip()
+        parsed = [_value(v) for v in values.split(",") if v.strip()]
+        if parsed:
+            grid[key] = parsed
+        else:
+            grid.pop(key, None)
     return grid
 
 
-def setting_config(setting: dict[str, float]) -> dict[str, Any]:
-    """SafeDistillConfig overrides for one grid point (quantile 0 / budget 0 switch that module off)."""
-    config: dict[str, Any] = {"distill_format": "standard"}
-    for key, value in setting.items():
-        config[key] = value
-    quantile = setting.get("entropy_mask_quantile", 0.0)
-    config["entropy_mask_mode"] = "fraction" if quantile > 0 else "off"
-    budget = setting.get("slow_tuning_budget", 0.0)
-    config["slow_tuning_rule"] = "project" if budget > 0 else "off"
+def setting_config(setting: dict[str, float | str]) -> dict[str, Any]:
+    """SafeDistillConfig overrides for one grid point.
+
+    ``entropy_mask_quantile`` 0 switches masking off (else mode ``fraction``) unless ``entropy_mask_threshold`` is
+    on the grid (then mode ``threshold``); ``slow_tuning_budget`` 0 switches slow tuning off (else
+    ``slow_tuning_rule``, default ``project``). ``slow_tuning_unit: reference`` and the ``direction`` rule measure
+    against the run's pre-alignment weights (:data:`~.pipeline.methods.PRE_ALIGNMENT`).
+    """
+    from .pipeline.methods import PRE_ALIGNMENT
+
+    config: dict[str, Any] = {"distill_format": "standard", **setting}
+    if "entropy_mask_threshold" in setting:
+        config["entropy_mask_mode"] = "threshold" if float(setting["entropy_mask_threshold"]) > 0 else "off"
+    else:
+        config["entropy_mask_mode"] = "fraction" if float(setting.get("entropy_mask_quantile", 0.0)) > 0 else "off"
+    budget = float(setting.get("slow_tuning_budget", 0.0))
     if budget <= 0:
-        config.pop("slow_tuning_budget", None)
+        for key in [k for k in config if k.startswith("slow_tuning_")]:
+            config.pop(key)
+        config["slow_tuning_rule"] = "off"
+        return config
+    config.setdefault("slow_tuning_rule", "project")
+    if config["slow_tuning_rule"] == "direction" or config.get("slow_tuning_unit") == "reference":
+        config["slow_tuning_reference"] = PRE_ALIGNMENT
     return config
 
 
-def setting_id(setting: dict[str, float]) -> str:
-    short = {"entropy_mask_quantile": "q", "slow_tuning_budget": "b", "slow_tuning_budget_growth": "g",
-             "entropy_mask_threshold": "t", "learning_rate": "lr"}
-    return "-".join(f"{short.get(k, k)}{v:g}" for k, v in sorted(setting.items()))
+SHORT_NAMES = {"entropy_mask_quantile": "q", "slow_tuning_budget": "b", "slow_tuning_budget_growth": "g",
+               "entropy_mask_threshold": "t", "learning_rate": "lr", "slow_tuning_rule": "", "slow_tuning_unit": "u"}
 
 
-def best_point(points: list[dict[str, Any]], aligned_refusal: float) -> dict[str, Any] | None:
-    """The recommended setting (see the module docstring)."""
-    safe = [p for p in points if p["refusal"] >= aligned_refusal - TOLERANCE and p["id"] != "standard"]
+def setting_id(setting: dict[str, float | str]) -> str:
+    """A short, stable name for a grid point: ``q0.5-b0.05-g1``, ``b0.3-g1-direction-q0-ureference``."""
+    parts = []
+    for key, value in sorted(setting.items()):
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{SHORT_NAMES.get(key, key)}{text}")
+    return "-".join(parts)
+
+
+def grid_settings(grids: dict[str, list[float | str]] | list[dict[str, list[float | str]]]) -> list[dict[str, float | str]]:
+    """The points of one grid or of a union of grids, in product order; a point with slow tuning off loses its other
+    ``slow_tuning_*`` axes, and duplicates are dropped."""
+    settings: list[dict[str, float | str]] = []
+    for grid in [grids] if isinstance(grids, dict) else grids:
+        keys = sorted(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            setting = dict(zip(keys, values))
+            if "slow_tuning_budget" in setting and float(setting["slow_tuning_budget"]) <= 0:
+                setting = {k: v for k, v in setting.items()
+                           if not k.startswith("slow_tuning_") or k == "slow_tuning_budget"}
+            if setting not in settings:
+                settings.append(setting)
+    return settings
+
+
+def uses_both_modules(setting: dict[str, float | str]) -> bool:
+    """Whether a grid point is SLowED proper: low-entropy masking and slow tuning both on."""
+    masking = float(setting.get("entropy_mask_threshold", setting.get("entropy_mask_quantile", 0.0))) > 0
+    return masking and float(setting.get("slow_tuning_budget", 0.0)) > 0
+
+
+def best_point(points: list[dict[str, Any]], aligned_refusal: float, both_modules: bool = False) -> dict[str, Any] | None:
+    """The recommended setting (see the module docstring); ``both_modules``: among SLowED proper points only."""
+    candidates = [p for p in points if p["id"] != "standard" and (not both_modules or uses_both_modules(p["setting"]))]
+    safe = [p for p in candidates if p["refusal"] >= aligned_refusal - TOLERANCE]
     if safe:
-        return max(safe, key=lambda p: (p["ind_mc_acc"], -p["heldout_loss"]))
-    candidates = [p for p in points if p["id"] != "standard"]
-    return max(candidates, key=lambda p: (p["refusal"], p["ind_mc_acc"])) if candidates else None
+        return min(safe, key=lambda p: (p["heldout_loss"], -p["ind_mc_acc"]))
+    return max(candidates, key=lambda p: (p["refusal"], -p["heldout_loss"])) if candidates else None
 
 
 def plot(points: list[dict[str, Any]], aligned: dict[str, Any], path: Path) -> None:
@@ -99,7 +216,7 @@ def plot(points: list[dict[str, Any]], aligned: dict[str, Any], path: Path) -> N
         ax.set_ylabel("refusal of held-out harmful prompts")
         ax.set_ylim(-0.02, 1.02)
     axes[1].invert_xaxis()
-    axes[0].set_title("SLowED sweep: one point per setting (red: standard, green: best)")
+    axes[0].set_title("SLowED sweep: one point per setting (red: standard, green: best SLowED)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -109,13 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trl-safedistill sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="default", choices=sorted(SIZES))
     parser.add_argument("--output-dir", default=None, help="the demo run folder to reuse (default runs/demo-<size>)")
-    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=v1,v2", help="a grid axis (repeatable)")
+    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=v1,v2",
+                        help="a grid axis (repeatable): one product grid, the first default grid for the other axes")
+    parser.add_argument("--grid-file", default=None, metavar="YAML",
+                        help="a list of product grids (e.g. recipes/sweep/embedded-default.yaml); default: the shipped ones")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a size field")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     try:
-        grid = parse_grid(args.grid)
+        if args.grid and args.grid_file:
+            raise ValueError("give --grid axes or --grid-file, not both")
+        grid = load_grid_file(args.grid_file) if args.grid_file else [parse_grid(args.grid)] if args.grid else DEFAULT_GRIDS
         size = get_size(args.size, dict(item.split("=", 1) for item in args.set))
     except ValueError as error:
         print(f"trl-safedistill sweep: {error}", file=sys.stderr)
@@ -123,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline.run import DemoPipeline
 
     run_dir = Path(args.output_dir or f"runs/demo-{size.name}")
-    keys = sorted(grid)
-    settings = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    settings = grid_settings(grid)
     pipeline = DemoPipeline(size, run_dir, method_names=["standard"], quiet=args.quiet)
     pipeline.progress.stages = ["prepare", "align", "curve0", "distil:standard"] + [f"sweep:{setting_id(s)}" for s in settings]
     try:
@@ -139,15 +260,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trl-safedistill sweep: stopped: {error}", file=sys.stderr)
         return error.exit_code
     aligned = pipeline.runner.result("curve0")
-    best = best_point(points, aligned["refusal"])
+    best = best_point(points, aligned["refusal"], both_modules=True)
+    best_any = best_point(points, aligned["refusal"])
     for p in points:
         p["best"] = best is not None and p["id"] == best["id"]
     out = run_dir / "sweep"
     out.mkdir(parents=True, exist_ok=True)
+    config = setting_config(best["setting"]) if best else None
     write_json(out / "sweep.json", {"aligned": aligned, "grid": grid, "points": points, "best": best,
-                                    "rule": f"max IND MC acc with refusal >= aligned - {TOLERANCE}; else max refusal"})
+                                    "best_config": config, "best_any": best_any,
+                                    "rule": f"min held-out loss with refusal >= aligned - {TOLERANCE}; else max refusal; "
+                                            "best: masking and slow tuning both on (SLowED), best_any: any point"})
     plot(points, aligned, out / "sweep.png")
-    print(json.dumps({"best": best}, indent=1))
+    print(json.dumps({"best": best, "best_config": config, "best_any": best_any}, indent=1))
     print(f"sweep: {out / 'sweep.json'}, {out / 'sweep.png'}")
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .config import SafeDistillConfig
+from .formats.compressed import ratio_key
 from .pipeline.safety_mix import SafetyMixArguments
 from .records import DEFAULT_ANSWER_PHRASES, LoadReport, RationaleRecord, load_jsonl
 
@@ -28,7 +29,9 @@ class DistillScriptArguments(SafetyMixArguments):
 
     ``dataset_name``: a JSONL file (``.jsonl`` / ``.jsonl.gz``), ``bbh-cot`` (the shipped teacher
     rationales, training split), ``mini`` (40 program-written rationales over five task families,
-    shipped for quick offline runs), or a Hugging Face dataset (hub name or local folder).
+    shipped for quick offline runs), or a Hugging Face dataset (hub name or local folder). For
+    ``distill_format: compressed`` it is the output of ``trl-safedistill compress`` (a JSONL file or a
+    dataset with its ``compressed`` column), whose compressed rationales are kept by record id.
     """
 
     dataset_name: str = field(default="bbh-cot", metadata={"help": "JSONL path, 'bbh-cot', 'mini', or a HF dataset name/path."})
@@ -46,8 +49,18 @@ class DistillScriptArguments(SafetyMixArguments):
     max_train_records: int | None = field(default=None, metadata={"help": "Use at most this many records."})
 
 
-def load_records(script_args: DistillScriptArguments, skip_invalid: bool) -> tuple[list[RationaleRecord], LoadReport]:
-    """The training records named by ``script_args`` (validated; see :mod:`trl_safedistill.records`)."""
+def load_records(
+    script_args: DistillScriptArguments,
+    skip_invalid: bool,
+    compressions: dict[str, dict[str, str]] | None = None,
+) -> tuple[list[RationaleRecord], LoadReport]:
+    """The training records named by ``script_args`` (validated; see :mod:`trl_safedistill.records`).
+
+    With ``compressions`` (a dict), each row's ``compressed`` mapping (``trl-safedistill compress``
+    output) is stored there under its record id.
+    """
+    from .dataset import keep_compressions
+
     report = LoadReport()
     column_map = json.loads(script_args.column_map) if script_args.column_map else None
     name = script_args.dataset_name
@@ -61,7 +74,8 @@ def load_records(script_args: DistillScriptArguments, skip_invalid: bool) -> tup
         if name == "mini":
             name = str(Path(__file__).parent / "resources" / "mini_rationales.jsonl")
         records = load_jsonl(name, column_map=column_map, answer_phrases=script_args.answer_phrases,
-                             skip_invalid=skip_invalid, report=report)
+                             skip_invalid=skip_invalid, report=report,
+                             on_record=keep_compressions(compressions, name) if compressions is not None else None)
     else:
         from datasets import load_dataset
 
@@ -69,7 +83,8 @@ def load_records(script_args: DistillScriptArguments, skip_invalid: bool) -> tup
 
         dataset = load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
         records = validate_rows(((i + 1, row) for i, row in enumerate(dataset)), source=name, column_map=column_map,
-                                answer_phrases=script_args.answer_phrases, skip_invalid=skip_invalid, report=report)
+                                answer_phrases=script_args.answer_phrases, skip_invalid=skip_invalid, report=report,
+                                on_record=keep_compressions(compressions, name) if compressions is not None else None)
     if script_args.max_train_records is not None:
         records = records[: script_args.max_train_records]
     if script_args.refusal_mix_fraction > 0:
@@ -100,7 +115,9 @@ def model_card(script_args: DistillScriptArguments, args: SafeDistillConfig, mod
         f"# {Path(args.output_dir).name}",
         "",
         f"Chain-of-thought distillation with trl-safedistill: format `{args.distill_format}`"
-        + (f" (CasCoD, alpha={args.cascade_alpha})" if args.distill_format == "cascade" else "") + f"; {slowed}.",
+        + (f" (CasCoD, alpha={args.cascade_alpha})" if args.distill_format == "cascade" else "")
+        + (f" (TokenSkip, ratios {', '.join(ratio_key(g) for g in args.compression_ratios)})"
+           if args.distill_format == "compressed" else "") + f"; {slowed}.",
         "",
         f"- base model: `{model_args.model_name_or_path}`",
         f"- training: {peft}{quant}, lr {args.learning_rate}, steps {args.max_steps}, epochs {args.num_train_epochs}, "
@@ -122,7 +139,8 @@ def run(script_args: DistillScriptArguments, training_args: SafeDistillConfig, m
     from .models import load_tokenizer, resolve_model_path
     from .trainer import SafeDistillTrainer
 
-    records, report = load_records(script_args, training_args.skip_invalid_records)
+    compressions = {} if training_args.distill_format == "compressed" else None
+    records, report = load_records(script_args, training_args.skip_invalid_records, compressions)
     if report.skipped:
         print(f"skipped {report.skipped} invalid records: {dict(report.reasons)}", file=sys.stderr)
     model_path = resolve_model_path(model_args.model_name_or_path)
@@ -136,7 +154,10 @@ def run(script_args: DistillScriptArguments, training_args: SafeDistillConfig, m
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
         training_args.model_init_kwargs["device_map"] = _kbit_device_map()
-    train_dataset = Dataset.from_list([r.to_dict() for r in records])
+    rows = [r.to_dict() for r in records]
+    if compressions and any(compressions.values()):  # the trainer reads them back from this column, by record id
+        rows = [{**row, "compressed": compressions.get(row["id"])} for row in rows]
+    train_dataset = Dataset.from_list(rows)
     trainer = SafeDistillTrainer(
         model=model_path,
         args=training_args,

@@ -26,6 +26,7 @@ only in that case); with one micro-batch per step they come from the training fo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from .config import SafeDistillConfig
 from .dataset import SegmentCollator, is_record_dataset, records_from_rows, tokenize_records
 from .formats import Segment, get_format
 from .formats.answer_first import AnswerFirstFormat
+from .formats.compressed import CompressedFormat
 
 #: Low-entropy masking statistics logged per step (prefixed ``entropy_mask/``).
 LOGGED_MASK_STATS = ("masked_fraction", "entropy_kept_mean", "entropy_masked_mean", "entropy_threshold")
@@ -45,9 +47,11 @@ class SafeDistillTrainer(SFTTrainer):
 
     ``train_dataset`` may hold rationale records (columns ``question``, ``rationale``, ``answer`` and
     optionally ``id``, ``task``, ``choices``, ``description``): they are validated, rendered in
-    ``args.distill_format`` and tokenized with segment ids. A dataset already tokenized by
-    :func:`~trl_safedistill.dataset.tokenize_records` (with ``segment_ids``) is used as is, and any
-    other SFT dataset (text, messages, prompt/completion) is prepared by TRL, all its targets pooled.
+    ``args.distill_format`` and tokenized with segment ids. For ``compressed`` the rows also carry the
+    ``compressed`` column of ``trl-safedistill compress`` (``{"0.5": text, ...}``), kept by record id.
+    A dataset already tokenized by :func:`~trl_safedistill.dataset.tokenize_records` (with
+    ``segment_ids``) is used as is, and any other SFT dataset (text, messages, prompt/completion) is
+    prepared by TRL, all its targets pooled.
     """
 
     _tag_names = ["trl", "sft", "trl-safedistill"]
@@ -74,22 +78,35 @@ class SafeDistillTrainer(SFTTrainer):
 
     # ----------------------------------------------------------------------------------------------- data
     @staticmethod
-    def distill_format(args: SafeDistillConfig):
-        """The :class:`~trl_safedistill.formats.DistillFormat` configured by ``args``."""
+    def distill_format(args: SafeDistillConfig, compressions: Mapping[str, Mapping[str, str]] | None = None):
+        """The :class:`~trl_safedistill.formats.DistillFormat` configured by ``args``.
+
+        ``compressions`` (``compressed`` only): record id -> ``{ratio_key(g): compressed rationale}``, the
+        dataset's ``compressed`` column. Each record's ratio is ``choose_ratio(id, args.compression_ratios,
+        args.seed)``; a record drawn at a ratio below 1 that it has no text for raises ``ValueError`` naming it.
+        """
         if args.distill_format == "answer_first":
             return AnswerFirstFormat(answer_phrase=args.answer_phrase, marker=args.answer_first_marker)
+        if args.distill_format == "compressed":
+            return CompressedFormat(
+                answer_phrase=args.answer_phrase, ratios=args.compression_ratios, seed=args.seed,
+                compressions=dict(compressions or {}),
+            )
         return get_format(args.distill_format, answer_phrase=args.answer_phrase)
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         columns = dataset.column_names or []
         if is_record_dataset(columns):
-            records = records_from_rows(dataset, source=f"{dataset_name} dataset", skip_invalid=args.skip_invalid_records)
+            compressions = {} if args.distill_format == "compressed" else None
+            records = records_from_rows(
+                dataset, source=f"{dataset_name} dataset", skip_invalid=args.skip_invalid_records, compressions=compressions
+            )
             if not records:
                 raise ValueError(f"The {dataset_name} dataset has no valid rationale record to train on.")
             dataset = tokenize_records(
                 records,
                 getattr(processing_class, "tokenizer", processing_class),
-                self.distill_format(args),
+                self.distill_format(args, compressions),
                 max_length=args.max_length,
                 truncation_mode=args.truncation_mode,
             )

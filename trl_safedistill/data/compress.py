@@ -21,7 +21,13 @@ budget: anything containing a digit or an operator (``+ - * / = < > × ÷ ^ %``)
 Output: one JSONL line per record, the record plus ``compressed`` ({``"0.5"``: text, ...}) and
 ``tokens`` (re-tokenized length at each ratio, ``"1"`` = original), read by
 :func:`trl_safedistill.formats.compressed.load_compressed` for the ``compressed`` training format. A
-report with tokens per rationale before and after is printed and written to ``OUT.report.json``.
+report is printed and written to ``OUT.report.json`` (read by ``trl-safedistill eval
+--compression-stats``): ``records``; ``tokenizer`` (the scorer's, which every count below uses);
+``ratios`` (requested); ``tokens_per_rationale`` (key ``ratio_key(g)``, ``"1"`` = before compression):
+``T_g = (1/n) sum_i N_i(g)``, with ``N_i(g)`` the re-tokenized length of record ``i``'s rationale at
+ratio ``g``; ``keep_ratio``, the realised ratio of the token totals ``T_g / T_1``; and
+``mean_keep_ratio``, the mean of the per-record ratios ``(1/n) sum_i N_i(g) / N_i(1)`` (records
+with an empty rationale left out).
 """
 
 from __future__ import annotations
@@ -294,11 +300,21 @@ def compress_records(
         if on_batch:
             on_batch(len(batch))
     n = max(1, len(rows))
+    tokens_per_rationale = {key: sums[key] / n for key in sorted(sums, key=float, reverse=True)}
+    before = tokens_per_rationale["1"]
+    per_record = [counts for _, _, counts in rows if counts["1"] > 0]
     report = {
         "records": len(rows),
         "scorer": getattr(scorer, "name", type(scorer).__name__),
+        "tokenizer": str(getattr(getattr(scorer, "tokenizer", None), "name_or_path", "")) or None,
         "unit": unit,
-        "tokens_per_rationale": {key: sums[key] / n for key in sorted(sums, key=float, reverse=True)},
+        "ratios": [float(g) for g in ratios],
+        "tokens_per_rationale": tokens_per_rationale,
+        "keep_ratio": {key: value / before if before else None for key, value in tokens_per_rationale.items()},
+        "mean_keep_ratio": {
+            key: sum(c.get(key, c["1"]) / c["1"] for c in per_record) / len(per_record) if per_record else None
+            for key in tokens_per_rationale
+        },
         "scored_tokens": scored_tokens,
         "scoring_seconds": seconds,
         "tokens_scored_per_second": scored_tokens / seconds if seconds else None,

@@ -7,6 +7,18 @@ Example::
 
 ``--adapter PATH[@FORMAT]`` may repeat; each adapter is evaluated on the same base in its own format
 (default ``--format``). Responses go to ``OUTPUT/samples-<row>.jsonl`` only; the console shows metrics.
+
+Rationale compression (TokenSkip): ``--adapter PATH@compressed:G`` prompts the adapter with
+``Compression ratio: G`` (default ``--compression-ratio``, 1); its row is named ``<path>@g<G>``, so one
+adapter may be evaluated at several ratios. ``--compression-stats [ROW=]STATS`` attaches the
+``OUT.report.json`` of ``trl-safedistill compress`` (tokens per rationale before/after) to the
+compressed rows named ``ROW`` (a row name or an adapter folder as given; without ``ROW=``: every
+compressed row). The report then compares each compressed row with ``--compression-baseline ROW``
+(default: the first row in another format); see :func:`.report.compression_section`. For example::
+
+    trl-safedistill eval --model embedded-default --adapter runs/std@standard \\
+        --adapter runs/tokenskip@compressed:0.6 --adapter runs/tokenskip@compressed:1 \\
+        --compression-stats data/compressed.jsonl.report.json --suites ind,ood --output reports/tokenskip
 """
 
 from __future__ import annotations
@@ -15,8 +27,10 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..formats import FORMATS
+from ..formats.compressed import ratio_key
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     parser.add_argument("--cache", default=None, help="offline data cache (default: the project cache)")
     parser.add_argument("--no-base", action="store_true", help="skip the row of the base model alone")
+    parser.add_argument("--compression-ratio", type=float, default=1.0,
+                        help="ratio g stated in the prompt of compressed rows without @compressed:G (default 1)")
+    parser.add_argument("--compression-stats", action="append", default=[], metavar="[ROW=]STATS",
+                        help="OUT.report.json of `compress` for the compressed rows ROW (default: all); repeatable")
+    parser.add_argument("--compression-baseline", default=None, metavar="ROW",
+                        help="row the compressed rows are compared with (default: the first row in another format)")
     return parser
 
 
@@ -41,20 +61,84 @@ def _row_name(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.strip("/"))[-60:] or "adapter"
 
 
+def _parse_ratio(text: str, spec: str) -> float:
+    try:
+        g = float(text)
+    except ValueError:
+        raise ValueError(f"{spec}: compression ratio '{text}' is not a number") from None
+    if not 0 < g <= 1:
+        raise ValueError(f"{spec}: compression ratio must lie in (0, 1], got {text}")
+    return g
+
+
+def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows to evaluate, ``{"name", "adapter", "format", "compression_ratio"}`` each, from the flags.
+
+    Raises ``ValueError`` with the flag at fault. A compressed row's name ends with ``@g{G}``.
+    """
+    specs: list[tuple[str | None, str, str]] = [] if args.no_base else [(None, args.format, f"--format {args.format}")]
+    specs += [(*spec.partition("@")[::2], f"--adapter {spec}") for spec in args.adapter]
+    default_g = _parse_ratio(str(args.compression_ratio), "--compression-ratio")
+    rows = []
+    for path, fmt_spec, flag in specs:
+        fmt, _, g_text = (fmt_spec or args.format).partition(":")
+        if fmt not in FORMATS:
+            raise ValueError(f"{flag}: unknown format '{fmt}' (choose {sorted(FORMATS)})")
+        if g_text and fmt != "compressed":
+            raise ValueError(f"{flag}: a ratio (:{g_text}) applies to the compressed format only")
+        if path is not None and not Path(path).is_dir():
+            raise ValueError(f"{flag}: folder '{path}' not found")
+        g = (_parse_ratio(g_text, flag) if g_text else default_g) if fmt == "compressed" else None
+        name = args.model if path is None else _row_name(path)
+        if g is not None:
+            name += f"@g{ratio_key(g)}"
+        rows.append({"name": name, "adapter": path, "format": fmt, "compression_ratio": g})
+    names = [r["name"] for r in rows]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"--adapter: rows {duplicates} would share a name (and a sample log); give each once")
+    return rows
+
+
+def _matches(row: dict[str, Any], key: str) -> bool:
+    return key in (row["name"], row["adapter"])
+
+
+def attach_compression(rows: list[dict[str, Any]], args: argparse.Namespace) -> str | None:
+    """Load ``--compression-stats`` into the compressed rows and resolve ``--compression-baseline``.
+
+    Returns the baseline row's name (``None``: the report's default). Raises ``ValueError``.
+    """
+    from .report import load_compression_stats
+
+    compressed = [r for r in rows if r["format"] == "compressed"]
+    for spec in args.compression_stats:
+        key, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+        targets = [r for r in compressed if not key or _matches(r, key)]
+        if not targets:
+            which = f"no compressed row '{key}'" if key else "no row is in the compressed format"
+            raise ValueError(f"--compression-stats {spec}: {which} (compressed rows: {[r['name'] for r in compressed]})")
+        stats = load_compression_stats(path)
+        for row in targets:
+            row["compression_stats"] = stats
+    if args.compression_baseline is None:
+        return None
+    found = [r for r in rows if _matches(r, args.compression_baseline)]
+    if len(found) != 1:
+        what = "matches several rows" if found else "is not a row"
+        raise ValueError(f"--compression-baseline {args.compression_baseline}: {what} (rows: {[r['name'] for r in rows]})")
+    return found[0]["name"]
+
+
 def eval_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
-    adapters = []
-    for spec in args.adapter:
-        path, _, fmt = spec.partition("@")
-        fmt = fmt or args.format
-        if fmt not in FORMATS:
-            print(f"trl-safedistill eval: --adapter {spec}: unknown format '{fmt}' (choose {sorted(FORMATS)})", file=sys.stderr)
-            return 2
-        if not Path(path).is_dir():
-            print(f"trl-safedistill eval: --adapter {spec}: folder '{path}' not found", file=sys.stderr)
-            return 2
-        adapters.append((path, fmt))
+    try:
+        planned = plan_rows(args)
+        baseline = attach_compression(planned, args)
+    except ValueError as error:
+        print(f"trl-safedistill eval: {error}", file=sys.stderr)
+        return 2
 
     from .run import evaluate_model, plan_tasks
 
@@ -93,25 +177,25 @@ def eval_main(argv: list[str]) -> int:
         cache=args.cache,
     )
     rows = []
-    runs = [] if args.no_base else [(None, args.format)]
-    runs += adapters
-    for adapter, fmt in runs:
-        name = args.model if adapter is None else _row_name(adapter)
-        print(f"[eval] {name} (format {fmt}, suites {','.join(suites)}, limit {limit})", flush=True)
+    for plan in planned:
+        name, adapter, fmt = plan["name"], plan["adapter"], plan["format"]
+        ratio = f" g={ratio_key(plan['compression_ratio'])}" if plan["compression_ratio"] is not None else ""
+        print(f"[eval] {name} (format {fmt}{ratio}, suites {','.join(suites)}, limit {limit})", flush=True)
         evaluated = model
         if adapter is not None:
             from peft import PeftModel
 
             evaluated = PeftModel.from_pretrained(model, adapter)
         result = evaluate_model(
-            evaluated, tokenizer, fmt, sample_log=output / f"samples-{_row_name(name)}.jsonl", **common
+            evaluated, tokenizer, fmt, sample_log=output / f"samples-{_row_name(name)}.jsonl",
+            compression_ratio=plan["compression_ratio"], **common
         )
-        rows.append({"name": name, "model": args.model, "adapter": adapter, "format": fmt, **result})
+        rows.append({**plan, "model": args.model, **result})
         if adapter is not None:
             model = evaluated.unload()
         for task, reason in result["skipped"].items():
             print(f"[eval] skipped {task}: {reason}", flush=True)
-    paths = write_report(rows, output)
+    paths = write_report(rows, output, compression_baseline=baseline, bootstrap_iters=args.bootstrap)
     print(markdown_table(rows))
     print(f"[eval] wrote {paths['metrics']}, {paths['report']}, {paths['chart']} ({len(COLUMNS)} columns)")
     return 0

@@ -14,6 +14,9 @@ has no entry points; ``trl-safedistill eval`` imports it for you).
   phrase. The returned text is ``rationale + "\\n" + answer phrase + answer``.
 * ``answer_first`` (arXiv 2404.09170): one generation; with ``stop_early`` (default) it stops at
   ``fmt.stop_after_answer`` (``"\\nExplanation:"``), saving the rationale's tokens.
+* ``compressed`` (TokenSkip, arXiv 2502.12067): one generation from a prompt ending with
+  ``Compression ratio: {g}``, ``g`` the ``compression_ratio`` model_arg (default 1, the uncompressed
+  rationale; any other format rejects it), e.g. ``--model_args pretrained=PATH,format=compressed,compression_ratio=0.6``.
 * Multiple choice (``loglikelihood``): each option is scored as the continuation of
   ``render(user text) + answer phrase`` (no rationale): the answer-first reading for every format, this
   project's choice, the same for all students so scores are comparable.
@@ -34,7 +37,15 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
-from ..formats import CascadeFormat, end_of_turn_text, get_format, is_chat_tokenizer, render_prompt, user_text
+from ..formats import (
+    CascadeFormat,
+    CompressedFormat,
+    end_of_turn_text,
+    get_format,
+    is_chat_tokenizer,
+    render_prompt,
+    user_text,
+)
 from .answers import DEFAULT_ANSWER_PHRASE
 
 
@@ -57,9 +68,15 @@ class SafeDistillLM(HFLM):
         answer_max_gen_toks: int = 32,
         max_gen_toks_cap: int | None = None,
         token_log: str | None = None,
+        compression_ratio: float | str | None = None,
         device: str | None = None,
         **kwargs: Any,
     ) -> None:
+        fmt = get_format(format, answer_phrase)
+        if compression_ratio not in (None, ""):  # checked before the model loads
+            if not isinstance(fmt, CompressedFormat):
+                raise ValueError(f"safedistill-hf: compression_ratio applies to format=compressed only, not {format!r}")
+            fmt = CompressedFormat(answer_phrase=answer_phrase, inference_ratio=float(compression_ratio))
         if isinstance(pretrained, str):
             from ..models import resolve_model_path
 
@@ -81,7 +98,7 @@ class SafeDistillLM(HFLM):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if safety_format not in {"plain", "format"}:
             raise ValueError(f"safedistill-hf: safety_format must be 'plain' or 'format', got {safety_format!r}")
-        self.fmt = get_format(format, answer_phrase)
+        self.fmt = fmt
         self.stop_early = _as_bool(stop_early)
         self.safety_format = safety_format
         self.answer_max_gen_toks = int(answer_max_gen_toks)

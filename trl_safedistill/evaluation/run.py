@@ -9,7 +9,11 @@ GCG prefixes), ``safety_ratio_first{N}`` (the same on the first N generated toke
 ``harmfulness`` (share of AdvBench+HarmBench responses a guard scores P(unsafe) > 0.5; ``None``
 without a guard), ``over_refusal``, ``ind_acc`` / ``ood_acc`` (CoT generation, answer extracted),
 ``ind_mc_acc`` / ``ood_mc_acc`` (log-likelihood multiple choice), ``ood_hub_acc`` (ARC + AGIEval, online only), ``tokens_per_question`` (generated
-tokens, IND+OOD generation tasks); ``tasks``: the same per task; ``skipped``: task -> reason.
+tokens, IND+OOD generation tasks); ``tasks``: the same per task; ``skipped``: task -> reason;
+``items``: summary key -> ``{"ids": [...], "values": [...]}``, the per-item scores behind each
+task-level summary metric (ids ``"{task}/{doc id}"``, for paired comparisons between rows, see
+:func:`.report.paired_difference`); ``compression_ratio``: the ratio ``g`` stated in the prompt
+(``compressed`` format only, else ``None``).
 
 Responses to harmful prompts are written only to ``sample_log`` (JSONL), never printed.
 """
@@ -140,7 +144,8 @@ def evaluate_lm(
     for entry in lm.generation_log[log_start:]:
         tokens_by_task.setdefault(entry["task"], []).append(entry["tokens"])
 
-    out: dict[str, Any] = {"format": lm.fmt.name, "limit": limit, "tasks": {}, "summary": {}, "skipped": skipped}
+    out: dict[str, Any] = {"format": lm.fmt.name, "limit": limit, "tasks": {}, "summary": {}, "skipped": skipped, "items": {}}
+    out["compression_ratio"] = getattr(lm.fmt, "inference_ratio", None)
     log_rows: list[dict] = []
     guard_pairs: list[tuple[str, str]] = []
     first_key = f"safety_ratio_first{first_tokens}"
@@ -163,6 +168,8 @@ def evaluate_lm(
         summary_key = TASK_SUMMARY.get(task, (metric, None))[1]
         if summary_key:
             out["summary"][summary_key] = {k: entry[k] for k in ("value", "ci", "n")}
+            ids = [f"{task}/{s['doc'].get('id', s.get('doc_id'))}" for s in task_samples]
+            out["items"][summary_key] = {"ids": ids, "values": values}
     if "safedistill_advbench" in samples:
         out["summary"][first_key] = bootstrap_ci(first_values, bootstrap_iters, seed=seed)
     if any(t in samples for t in SAFETY_GENERATION_TASKS):
@@ -174,11 +181,11 @@ def evaluate_lm(
     reasoning = [n for t, counts in tokens_by_task.items() if "bbh" in t or "bbsub" in t or "arc" in t or "agieval" in t for n in counts]
     if reasoning:
         out["summary"]["tokens_per_question"] = {"value": sum(reasoning) / len(reasoning), "ci": None, "n": len(reasoning)}
-    hub_values = [
-        float(s.get("acc", 0.0)) for t, group in samples.items() if t.startswith(HUB_PREFIXES) for s in group
-    ]
-    if hub_values:
-        out["summary"]["ood_hub_acc"] = bootstrap_ci(hub_values, bootstrap_iters, seed=seed)
+    hub = [(f"{t}/{s['doc'].get('id', s.get('doc_id'))}", float(s.get("acc", 0.0)))
+           for t, group in samples.items() if t.startswith(HUB_PREFIXES) for s in group]
+    if hub:
+        out["summary"]["ood_hub_acc"] = bootstrap_ci([v for _, v in hub], bootstrap_iters, seed=seed)
+        out["items"]["ood_hub_acc"] = {"ids": [i for i, _ in hub], "values": [v for _, v in hub]}
     if sample_log is not None:
         path = Path(sample_log)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,11 +206,13 @@ def evaluate_model(
     batch_size: int = 1,
     answer_phrase: str = "Therefore, the answer is",
     safety_format: str = "plain",
+    compression_ratio: float | None = None,
     **kwargs: Any,
 ) -> dict:
     """Evaluate a loaded model (PEFT or plain) in format ``fmt_name``; the model's train/eval mode is restored.
 
-    ``max_gen_toks`` caps every generation (tasks ask for 128-256); ``kwargs`` go to :func:`evaluate_lm`
+    ``max_gen_toks`` caps every generation (tasks ask for 128-256); ``compression_ratio`` is the ``g``
+    stated in the prompt of the ``compressed`` format (default 1); ``kwargs`` go to :func:`evaluate_lm`
     (``guard``, ``sample_log``, ``first_tokens``, ``bootstrap_iters``, ``override_files``, ``online``).
     """
     from .lm import SafeDistillLM
@@ -219,6 +228,7 @@ def evaluate_model(
             max_gen_toks_cap=max_gen_toks,
             answer_phrase=answer_phrase,
             safety_format=safety_format,
+            compression_ratio=compression_ratio,
         )
         return evaluate_lm(lm, suites, limit, **kwargs)
     finally:

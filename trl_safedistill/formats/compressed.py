@@ -14,7 +14,9 @@ shuffles and resumption. The compressed rationales are produced beforehand by
 ``trl-safedistill compress`` (:mod:`trl_safedistill.data.compress`); its output holds, per record, a
 ``compressed`` mapping from ``f"{g:g}"`` to text. The format finds them on the record
 (:class:`CompressedRecord`, from :func:`load_compressed`) or in a mapping / output file given as
-``compressions=``. At inference the prompt states :attr:`CompressedFormat.inference_ratio`.
+``compressions=``. At inference the prompt states :attr:`CompressedFormat.inference_ratio` (default 1:
+the uncompressed rationale; ``safedistill-hf`` sets it from its ``compression_ratio`` model_arg,
+``trl-safedistill eval`` from ``--adapter DIR@compressed:G``).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class CompressedFormat(DistillFormat):
             raise ValueError(f"compression ratios must lie in (0, 1], got {list(ratios)}")
         self.ratios = tuple(float(g) for g in ratios)
         self.seed = seed
+        if not 0 < float(inference_ratio) <= 1:
+            raise ValueError(f"the inference compression ratio must lie in (0, 1], got {inference_ratio}")
         self.inference_ratio = float(inference_ratio)
         if isinstance(compressions, (str, Path)):
             compressions = {r.id: r.compressed for r in load_compressed(compressions)}

@@ -57,7 +57,8 @@ class SLowEDArguments:
     slow_tuning_unit (`str`, *optional*, defaults to `"weight"`):
         `"weight"`: drift relative to `||W0||_F`; `"reference"`: relative to `||W0 - W_reference||_F` per layer.
     slow_tuning_reference (`str` or `None`, *optional*, defaults to `None`):
-        Folder (or `.safetensors` file) of the reference weights, e.g. the model before safety alignment.
+        Folder, `.safetensors` file or hub model id of the reference weights, e.g. the model before safety
+        alignment (for an instruct student, its base model).
     slow_tuning_reference_missing (`str`, *optional*, defaults to `"skip"`):
         Layers with no (or a zero) reference delta are left unconstrained (`"skip"`) or pinned to W0 (`"freeze"`).
     slow_tuning_direction_dtype (`str`, *optional*, defaults to `"float32"`):
@@ -156,9 +157,10 @@ class SLowEDArguments:
     slow_tuning_reference: str | None = field(
         default=None,
         metadata={
-            "help": "Reference weights (a model folder or checkpoint with safetensors, or one .safetensors file), "
-            "e.g. the model before safety alignment; tensors are matched by name. Used by unit 'reference' and "
-            "rule 'direction'."
+            "help": "Reference weights (a model folder or checkpoint with safetensors, one .safetensors file, "
+            "`embedded-default`, or a hub model id, fetched once), e.g. the model before safety alignment (for an "
+            "instruct student: its base model); tensors are matched by name. Used by unit 'reference' and rule "
+            "'direction'."
         },
     )
     slow_tuning_reference_missing: str = field(

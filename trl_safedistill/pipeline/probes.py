@@ -68,13 +68,12 @@ def refusal_rate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, 
 def option_scores(model, tokenizer, doc: dict, answer_phrase: str = ANSWER_PHRASE) -> list[float]:
     """Summed log-probability of each option ``" " + text`` after the scoring context (lm-eval's loglikelihood).
 
-    The context (rendered user turn + answer phrase) is run once and its KV cache reused for every option, so
-    an item costs one context forward plus a few option tokens, instead of one full forward per option.
-    Tokens are split where lm-eval splits them: the continuation is what ``tokenize(context + option)`` adds
-    after its longest common prefix with ``tokenize(context)``.
+    The context (rendered user turn + answer phrase) is run once; its KV cache is then repeated across the options
+    and every option's remaining tokens are scored in one right-padded batch (padding comes after the real tokens,
+    so no real position attends to it). An item thus costs one context forward plus one small batched forward,
+    instead of one full forward per option. Tokens are split where lm-eval splits them: the continuation is what
+    ``tokenize(context + option)`` adds after its longest common prefix with ``tokenize(context)``.
     """
-    import copy
-
     context = render_prompt(tokenizer, user_text(doc["question"], doc.get("description")), "") + answer_phrase
     context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
     device = _device(model)
@@ -83,21 +82,36 @@ def option_scores(model, tokenizer, doc: dict, answer_phrase: str = ANSWER_PHRAS
         full = tokenizer(context + " " + option, add_special_tokens=False)["input_ids"]
         shared = min(_common_prefix(context_ids, full), len(full) - 1)
         splits.append((full[:shared], full[shared:]))
-    cached: dict[tuple[int, ...], tuple[Any, torch.Tensor]] = {}
-    scores = []
-    for prefix, continuation in splits:
-        key = tuple(prefix)
-        if key not in cached:
-            out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
-            cached[key] = (out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1))
-        past, first = cached[key]
-        score = first[continuation[0]]
-        if len(continuation) > 1:
-            out = model(input_ids=torch.tensor([continuation[:-1]], device=device), past_key_values=copy.deepcopy(past),
-                        use_cache=True)
-            logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
-            score = score + logprobs[torch.arange(len(continuation) - 1), torch.tensor(continuation[1:], device=device)].sum()
-        scores.append(float(score))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (prefix, _) in enumerate(splits):
+        groups.setdefault(tuple(prefix), []).append(index)
+    scores = [0.0] * len(splits)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for prefix, members in groups.items():
+        out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        for index in members:
+            scores[index] = float(first[splits[index][1][0]])
+        longer = [index for index in members if len(splits[index][1]) > 1]
+        if not longer:
+            continue
+        width = max(len(splits[index][1]) - 1 for index in longer)
+        input_ids = torch.full((len(longer), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(longer), len(prefix) + width), dtype=torch.long)
+        attention[:, : len(prefix)] = 1
+        for row, index in enumerate(longer):
+            tokens = splits[index][1][:-1]
+            input_ids[row, : len(tokens)] = torch.tensor(tokens)
+            attention[row, len(prefix) : len(prefix) + len(tokens)] = 1
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(longer))
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), past_key_values=cache,
+                       use_cache=True).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, index in enumerate(longer):
+            targets = splits[index][1][1:]
+            positions = torch.arange(len(targets), device=device)
+            scores[index] += float(logprobs[row, positions, torch.tensor(targets, device=device)].sum())
     return scores
 
 

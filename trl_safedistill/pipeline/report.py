@@ -71,7 +71,9 @@ def findings(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "met": drop <= 0.05, "measured": f"aligned {_pts(a_ref)} -> SLowED {_pts(w_ref)} ({100 * drop:+.1f} points drop)",
                     "note": None})
     out.append(_gain_finding(aligned, standard, slowed))
-    out.append(_lr_control_finding(slowed, [m for m in models if m["family"] == "lr_control"]))
+    controls = [m for m in models if m["family"] == "lr_control"]
+    out.append(_lr_control_finding(slowed, controls))
+    out.append(_lr_control_loss_finding(slowed, controls))
     cascade = by_name.get("cascade")
     c_ood, s_ood = _value(cascade, "ood_mc_acc"), _value(standard, "ood_mc_acc")
     out.append({"id": "cascade_ood", "claim": "CasCoD's OOD accuracy >= standard CoT's",
@@ -110,6 +112,23 @@ def _lr_control_finding(slowed, controls: list[dict[str, Any]]) -> dict[str, Any
                  f"IND MC {_pts(best['ind_mc_acc'])}, loss {best['heldout_loss']:.3f}")
     return {"id": "slowed_beats_lr_control", "claim": claim, "met": final["ind_mc_acc"] > best["ind_mc_acc"],
             "measured": measured, "note": "curve points use the curve's smaller item sets (see run.settings)"}
+
+
+def _lr_control_loss_finding(slowed, controls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same comparison on the held-out rationale loss, the steadier measure of what was learned."""
+    claim = "SLowED reaches a lower held-out rationale loss than the lower-learning-rate control at the same refusal rate"
+    if not slowed or not controls or not slowed.get("curve"):
+        return {"id": "slowed_beats_lr_control_loss", "claim": claim, "met": None, "measured": "n/a", "note": "missing runs"}
+    final = slowed["curve"][-1]
+    comparable = [(c["name"], p) for c in controls for p in c["curve"] if abs(p["refusal"] - final["refusal"]) <= 0.05]
+    measured = f"SLowED final: refusal {_pts(final['refusal'])}, held-out loss {final['heldout_loss']:.3f}"
+    if not comparable:
+        return {"id": "slowed_beats_lr_control_loss", "claim": claim, "met": None, "measured": measured,
+                "note": "no lr-control curve point within 5 points of SLowED's refusal"}
+    best_name, best = min(comparable, key=lambda item: item[1]["heldout_loss"])
+    measured += f"; lowest lr-control loss at that refusal: {best_name} step {best['step']}, loss {best['heldout_loss']:.3f}"
+    return {"id": "slowed_beats_lr_control_loss", "claim": claim, "met": final["heldout_loss"] < best["heldout_loss"],
+            "measured": measured, "note": "the loss is over the same held-out teacher rationales for every method"}
 
 
 # --------------------------------------------------------------------------------------------- figures

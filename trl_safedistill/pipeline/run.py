@@ -155,6 +155,7 @@ class DemoPipeline:
             prompts = [row["prompt"] for row in read_jsonl(self.data_dir() / "align_prompts.jsonl")]
             records = mix_refusals(records, method.refusal_mix_fraction, prompts, self.size.seed)
         callbacks = [ProgressCallback(self.progress), *self.callbacks.get(stage or f"distil:{method.name}", [])]
+        method = method.resolved(self.runner.result("prepare")["base_model"])
         result = distil(method, self.size, self.aligned_path(), self.tokenizer, records, directory, self.prober(), callbacks)
         curve = [dict(self.runner.result("curve0"))] + read_curve(directory / "curve.jsonl")
         for point in curve:
