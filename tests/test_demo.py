@@ -167,6 +167,13 @@ def test_sweep_writes_one_point_per_setting(tiny_run, tmp_path):
              .read_text().splitlines()]
     assert drift and all(record["drift_max"] <= 0.05 + 1e-6 for record in drift)
     assert any(record["rel_drift_max"] != record["drift_max"] for record in drift)
+    # the demo's report, rewritten in the shared folder, times the demo's own stages only
+    pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=METHODS, quiet=True, force={"report"})
+    pipeline.run()
+    assert pipeline.runner.ran == ["report"]
+    run = json.loads((run_dir / "report/metrics.json").read_text())["run"]
+    assert not [k for k in run["stage_seconds"] if k.startswith("sweep:")] and "distil:standard" in run["stage_seconds"]
+    assert run["wall_seconds"] == pytest.approx(sum(run["stage_seconds"].values()), abs=0.2)
 
 
 def test_sweep_grid_words_reference_and_duplicates():
@@ -180,14 +187,14 @@ def test_sweep_grid_words_reference_and_duplicates():
     # budget 0 drops the rule and unit axes: one point instead of two; budget 0.25 keeps both rules
     assert settings == [
         {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.0},
-        {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.25, "slow_tuning_rule": "direction", "slow_tuning_unit": "reference"},
         {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.25, "slow_tuning_rule": "project", "slow_tuning_unit": "reference"},
+        {"entropy_mask_quantile": 0.5, "slow_tuning_budget": 0.25, "slow_tuning_rule": "direction", "slow_tuning_unit": "reference"},
     ]
-    off, direction, project = (sweep.setting_config(s) for s in settings)
+    off, project, direction = (sweep.setting_config(s) for s in settings)
     assert off["slow_tuning_rule"] == "off" and "slow_tuning_budget" not in off and off["entropy_mask_mode"] == "fraction"
     assert direction["slow_tuning_rule"] == "direction" and direction["slow_tuning_reference"] == PRE_ALIGNMENT
     assert project["slow_tuning_unit"] == "reference" and project["slow_tuning_reference"] == PRE_ALIGNMENT
-    assert sweep.setting_id(settings[1]) == "q0.5-b0.25-direction-ureference"
+    assert sweep.setting_id(settings[2]) == "q0.5-b0.25-direction-ureference"
     method = Method("m", "m", project).resolved("/models/base")
     assert method.config["slow_tuning_reference"] == "/models/base"
     assert Method("n", "n", off).resolved("/models/base").config == off

@@ -216,7 +216,7 @@ def plot(points: list[dict[str, Any]], aligned: dict[str, Any], path: Path) -> N
         ax.set_ylabel("refusal of held-out harmful prompts")
         ax.set_ylim(-0.02, 1.02)
     axes[1].invert_xaxis()
-    axes[0].set_title("SLowED sweep: one point per setting (red: standard, green: best SLowED)")
+    fig.suptitle("SLowED sweep: one point per setting (red: standard CoT, green: best SLowED, star: aligned start)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -64,8 +64,14 @@ class Method:
         return dataclasses.replace(self, config={**self.config, "slow_tuning_reference": pre_alignment})
 
 
+def lr_text(lr: float) -> str:
+    """``1.5e-4`` -> ``"1.5e-4"``, ``5e-05`` -> ``"5e-5"``: two significant digits, no padding."""
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def _lr_name(lr: float) -> str:
-    return f"standard_lr{lr:.0e}".replace("e-0", "e-")
+    return f"standard_lr{lr_text(lr)}"
 
 
 def methods_for(size: RunSize, slowed: dict[str, Any] | None = None, learning_rate: float | None = None) -> list[Method]:
@@ -83,7 +89,7 @@ def methods_for(size: RunSize, slowed: dict[str, Any] | None = None, learning_ra
     scale = lr / size.distil_lr
     for lower in size.lower_lrs:
         value = lower * scale
-        methods.append(Method(_lr_name(value), f"standard, lr {value:.0e}", {"learning_rate": value, "distill_format": "standard"},
+        methods.append(Method(_lr_name(value), f"standard, lr {value:.2g}", {"learning_rate": value, "distill_format": "standard"},
                               family="lr_control"))
     methods.append(Method("standard_refusal_mix", f"standard + {size.refusal_mix_fraction:.0%} refusals",
                           {**base, "distill_format": "standard"}, refusal_mix_fraction=size.refusal_mix_fraction,

@@ -102,7 +102,9 @@ def _lr_control_finding(slowed, controls: list[dict[str, Any]]) -> dict[str, Any
     if not slowed or not controls or not slowed.get("curve"):
         return {"id": "slowed_beats_lr_control", "claim": claim, "met": None, "measured": "n/a", "note": "missing runs"}
     final = slowed["curve"][-1]
-    comparable = [(c["name"], p) for c in controls for p in c["curve"] if abs(p["refusal"] - final["refusal"]) <= 0.05]
+    # trained points only: every curve's step 0 is the shared aligned start
+    comparable = [(c["name"], p) for c in controls for p in c["curve"]
+                  if p["step"] > 0 and abs(p["refusal"] - final["refusal"]) <= 0.05]
     measured = f"SLowED final: refusal {_pts(final['refusal'])}, IND MC {_pts(final['ind_mc_acc'])}, loss {final['heldout_loss']:.3f}"
     if not comparable:
         return {"id": "slowed_beats_lr_control", "claim": claim, "met": None, "measured": measured,
@@ -120,7 +122,9 @@ def _lr_control_loss_finding(slowed, controls: list[dict[str, Any]]) -> dict[str
     if not slowed or not controls or not slowed.get("curve"):
         return {"id": "slowed_beats_lr_control_loss", "claim": claim, "met": None, "measured": "n/a", "note": "missing runs"}
     final = slowed["curve"][-1]
-    comparable = [(c["name"], p) for c in controls for p in c["curve"] if abs(p["refusal"] - final["refusal"]) <= 0.05]
+    # trained points only: every curve's step 0 is the shared aligned start
+    comparable = [(c["name"], p) for c in controls for p in c["curve"]
+                  if p["step"] > 0 and abs(p["refusal"] - final["refusal"]) <= 0.05]
     measured = f"SLowED final: refusal {_pts(final['refusal'])}, held-out loss {final['heldout_loss']:.3f}"
     if not comparable:
         return {"id": "slowed_beats_lr_control_loss", "claim": claim, "met": None, "measured": measured,

@@ -208,7 +208,10 @@ class DemoPipeline:
                 "train": {k: train[k] for k in ("steps", "resumed_from", "train_runtime", "records")},
                 "metrics": r.result(f"eval:{method.name}")["metrics"], "curve": train["curve"],
             })
-        stage_seconds = {k: float(v["seconds"]) for k, v in r.state["stages"].items() if v.get("status") == "done"}
+        # This run's stages only: a run folder shared with `trl-safedistill sweep` also holds its sweep:* stages
+        own = set(self.progress.stages)
+        stage_seconds = {k: float(v["seconds"]) for k, v in r.state["stages"].items()
+                         if v.get("status") == "done" and k in own and k != "report"}
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
         return {
             "schema_version": 1,
