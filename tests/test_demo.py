@@ -226,3 +226,23 @@ def test_shipped_sweep_grid_file_equals_the_default_grids():
     assert sweep.load_grid_file(path) == sweep.DEFAULT_GRIDS
     points = sweep.grid_settings(sweep.DEFAULT_GRIDS)
     assert len(points) == 7 and len({sweep.setting_id(p) for p in points}) == 7
+
+
+def test_lr_control_findings_compare_trained_points_at_the_same_refusal():
+    from trl_safedistill.pipeline.report import findings
+
+    def point(step, refusal, acc, loss):
+        return {"step": step, "refusal": refusal, "ind_mc_acc": acc, "heldout_loss": loss}
+
+    start = point(0, 1.0, 0.9, 1.7)  # the shared aligned start: never a control point
+    slowed = {"name": "slowed", "family": "slowed", "metrics": {}, "curve": [start, point(10, 1.0, 0.4, 1.2)]}
+    control = {"name": "standard_lr1e-4", "family": "lr_control", "metrics": {},
+               "curve": [start, point(5, 1.0, 0.35, 1.6), point(10, 0.97, 0.3, 1.45)]}
+    eroded = {"name": "standard_lr5e-5", "family": "lr_control", "metrics": {}, "curve": [start, point(10, 0.5, 0.8, 1.0)]}
+    result = {f["id"]: f for f in findings([slowed, control, eroded])}
+    assert result["slowed_beats_lr_control"]["met"] is True  # 0.40 > 0.35 (step 5); step 0 and the eroded run excluded
+    assert "standard_lr1e-4 step 5" in result["slowed_beats_lr_control"]["measured"]
+    assert result["slowed_beats_lr_control_loss"]["met"] is True  # 1.20 < 1.45 (step 10)
+    assert "standard_lr1e-4 step 10" in result["slowed_beats_lr_control_loss"]["measured"]
+    slowed["curve"][-1]["heldout_loss"] = 1.5
+    assert {f["id"]: f for f in findings([slowed, control])}["slowed_beats_lr_control_loss"]["met"] is False

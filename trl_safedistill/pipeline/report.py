@@ -73,7 +73,7 @@ def findings(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out.append(_gain_finding(aligned, standard, slowed))
     controls = [m for m in models if m["family"] == "lr_control"]
     out.append(_lr_control_finding(slowed, controls))
-    out.append(_lr_control_loss_finding(slowed, controls))
+    out.append(_lr_control_finding(slowed, controls, metric="heldout_loss"))
     cascade = by_name.get("cascade")
     c_ood, s_ood = _value(cascade, "ood_mc_acc"), _value(standard, "ood_mc_acc")
     out.append({"id": "cascade_ood", "claim": "CasCoD's OOD accuracy >= standard CoT's",
@@ -97,42 +97,38 @@ def _gain_finding(aligned, standard, slowed) -> dict[str, Any]:
     return {"id": "slowed_keeps_gain", "claim": claim, "met": kept >= 0.8 * gain, "measured": measured, "note": None}
 
 
-def _lr_control_finding(slowed, controls: list[dict[str, Any]]) -> dict[str, Any]:
-    claim = "SLowED reaches higher IND accuracy than the lower-learning-rate control at the same refusal rate"
-    if not slowed or not controls or not slowed.get("curve"):
-        return {"id": "slowed_beats_lr_control", "claim": claim, "met": None, "measured": "n/a", "note": "missing runs"}
+def _same_refusal_points(slowed, controls: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """lr-control curve points within 5 points of SLowED's final refusal; trained points only (every curve's step
+    0 is the shared aligned start)."""
     final = slowed["curve"][-1]
-    # trained points only: every curve's step 0 is the shared aligned start
-    comparable = [(c["name"], p) for c in controls for p in c["curve"]
-                  if p["step"] > 0 and abs(p["refusal"] - final["refusal"]) <= 0.05]
+    return [(c["name"], p) for c in controls for p in c["curve"]
+            if p["step"] > 0 and abs(p["refusal"] - final["refusal"]) <= 0.05]
+
+
+def _lr_control_finding(slowed, controls: list[dict[str, Any]], metric: str = "ind_mc_acc") -> dict[str, Any]:
+    """SLowED's final curve point against the best lr-control point at the same refusal, on IND MC accuracy
+    (``metric="ind_mc_acc"``, higher wins) or on the held-out rationale loss (``"heldout_loss"``, lower wins: the
+    steadier measure of what was learned)."""
+    on_loss = metric == "heldout_loss"
+    finding_id = "slowed_beats_lr_control_loss" if on_loss else "slowed_beats_lr_control"
+    claim = ("SLowED reaches a lower held-out rationale loss than the lower-learning-rate control at the same refusal rate"
+             if on_loss else "SLowED reaches higher IND accuracy than the lower-learning-rate control at the same refusal rate")
+    if not slowed or not controls or not slowed.get("curve"):
+        return {"id": finding_id, "claim": claim, "met": None, "measured": "n/a", "note": "missing runs"}
+    final = slowed["curve"][-1]
+    comparable = _same_refusal_points(slowed, controls)
     measured = f"SLowED final: refusal {_pts(final['refusal'])}, IND MC {_pts(final['ind_mc_acc'])}, loss {final['heldout_loss']:.3f}"
     if not comparable:
-        return {"id": "slowed_beats_lr_control", "claim": claim, "met": None, "measured": measured,
+        return {"id": finding_id, "claim": claim, "met": None, "measured": measured,
                 "note": "no lr-control curve point within 5 points of SLowED's refusal"}
-    best_name, best = max(comparable, key=lambda item: item[1]["ind_mc_acc"])
+    sign = -1.0 if on_loss else 1.0
+    best_name, best = max(comparable, key=lambda item: sign * item[1][metric])
     measured += (f"; best lr-control point at that refusal: {best_name} step {best['step']}, refusal {_pts(best['refusal'])}, "
                  f"IND MC {_pts(best['ind_mc_acc'])}, loss {best['heldout_loss']:.3f}")
-    return {"id": "slowed_beats_lr_control", "claim": claim, "met": final["ind_mc_acc"] > best["ind_mc_acc"],
-            "measured": measured, "note": "curve points use the curve's smaller item sets (see run.settings)"}
-
-
-def _lr_control_loss_finding(slowed, controls: list[dict[str, Any]]) -> dict[str, Any]:
-    """The same comparison on the held-out rationale loss, the steadier measure of what was learned."""
-    claim = "SLowED reaches a lower held-out rationale loss than the lower-learning-rate control at the same refusal rate"
-    if not slowed or not controls or not slowed.get("curve"):
-        return {"id": "slowed_beats_lr_control_loss", "claim": claim, "met": None, "measured": "n/a", "note": "missing runs"}
-    final = slowed["curve"][-1]
-    # trained points only: every curve's step 0 is the shared aligned start
-    comparable = [(c["name"], p) for c in controls for p in c["curve"]
-                  if p["step"] > 0 and abs(p["refusal"] - final["refusal"]) <= 0.05]
-    measured = f"SLowED final: refusal {_pts(final['refusal'])}, held-out loss {final['heldout_loss']:.3f}"
-    if not comparable:
-        return {"id": "slowed_beats_lr_control_loss", "claim": claim, "met": None, "measured": measured,
-                "note": "no lr-control curve point within 5 points of SLowED's refusal"}
-    best_name, best = min(comparable, key=lambda item: item[1]["heldout_loss"])
-    measured += f"; lowest lr-control loss at that refusal: {best_name} step {best['step']}, loss {best['heldout_loss']:.3f}"
-    return {"id": "slowed_beats_lr_control_loss", "claim": claim, "met": final["heldout_loss"] < best["heldout_loss"],
-            "measured": measured, "note": "the loss is over the same held-out teacher rationales for every method"}
+    note = ("the loss is over the same held-out teacher rationales for every method" if on_loss
+            else "curve points use the curve's smaller item sets (see run.settings)")
+    return {"id": finding_id, "claim": claim, "met": sign * final[metric] > sign * best[metric], "measured": measured,
+            "note": note}
 
 
 # --------------------------------------------------------------------------------------------- figures
