@@ -18,40 +18,16 @@ from typing import Any
 from datasets import Dataset
 
 from .formats import DistillFormat, Segment, get_format, tokenize_sequence
-from .formats.compressed import ratio_key
-from .records import RationaleRecord, RecordError, validate_rows
+from .formats.compressed import compressed_mapping
+from .records import RationaleRecord, validate_rows
 
 RECORD_COLUMNS = ("question", "rationale", "answer")
-#: The column holding a record's compressed rationales, ``{ratio_key(g): text}`` (``trl-safedistill compress``).
-COMPRESSED_COLUMN = "compressed"
 
 
 def is_record_dataset(column_names: Iterable[str]) -> bool:
     """Whether a dataset holds rationale records (rather than text, messages or token ids)."""
     names = set(column_names)
     return set(RECORD_COLUMNS) <= names and "input_ids" not in names
-
-
-def compressed_mapping(row: Any, source: str, line: int | None) -> dict[str, str] | None:
-    """A row's ``compressed`` mapping with keys as :func:`ratio_key` writes them; ``None`` when it has none.
-
-    Null entries are left out: a dataset column of mappings (Arrow structs) holds every ratio any row
-    has, null where this row has none. Anything but a mapping of ratio -> text raises :class:`RecordError`.
-    """
-    value = row.get(COMPRESSED_COLUMN) if isinstance(row, Mapping) else None
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not all(text is None or isinstance(text, str) for text in value.values()):
-        raise RecordError(source, line, COMPRESSED_COLUMN, "expected a mapping of ratio -> compressed rationale")
-    mapping = {}
-    for key, text in value.items():
-        try:
-            g = float(key)
-        except (TypeError, ValueError):
-            raise RecordError(source, line, COMPRESSED_COLUMN, f"key '{key}' is not a ratio") from None
-        if text is not None:
-            mapping[ratio_key(g)] = text
-    return mapping
 
 
 def keep_compressions(compressions: dict[str, dict[str, str]], source: str):

@@ -185,8 +185,8 @@ def grid_settings(grids: dict[str, list[float | str]] | list[dict[str, list[floa
 
 def uses_both_modules(setting: dict[str, float | str]) -> bool:
     """Whether a grid point is SLowED proper: low-entropy masking and slow tuning both on."""
-    masking = float(setting.get("entropy_mask_threshold", setting.get("entropy_mask_quantile", 0.0))) > 0
-    return masking and float(setting.get("slow_tuning_budget", 0.0)) > 0
+    config = setting_config(setting)
+    return config["entropy_mask_mode"] != "off" and config["slow_tuning_rule"] != "off"
 
 
 def best_point(points: list[dict[str, Any]], aligned_refusal: float, both_modules: bool = False) -> dict[str, Any] | None:

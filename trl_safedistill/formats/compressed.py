@@ -45,6 +45,32 @@ def choose_ratio(record_id: str, ratios: Sequence[float], seed: int = 0) -> floa
     return float(ratios[int(digest[:8], 16) % len(ratios)])
 
 
+#: The column holding a record's compressed rationales, ``{ratio_key(g): text}`` (``trl-safedistill compress``).
+COMPRESSED_COLUMN = "compressed"
+
+
+def compressed_mapping(row: Any, source: str, line: int | None) -> dict[str, str] | None:
+    """A row's ``compressed`` mapping with keys as :func:`ratio_key` writes them; ``None`` when it has none.
+
+    Null entries are left out: a dataset column of mappings (Arrow structs) holds every ratio any row
+    has, null where this row has none. Anything but a mapping of ratio -> text raises :class:`RecordError`.
+    """
+    value = row.get(COMPRESSED_COLUMN) if isinstance(row, Mapping) else None
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(text is None or isinstance(text, str) for text in value.values()):
+        raise RecordError(source, line, COMPRESSED_COLUMN, "expected a mapping of ratio -> compressed rationale")
+    mapping = {}
+    for key, text in value.items():
+        try:
+            g = float(key)
+        except (TypeError, ValueError):
+            raise RecordError(source, line, COMPRESSED_COLUMN, f"key '{key}' is not a ratio") from None
+        if text is not None:
+            mapping[ratio_key(g)] = text
+    return mapping
+
+
 @dataclass(frozen=True)
 class CompressedRecord(RationaleRecord):
     """A record with its rationale compressed at several ratios: ``{ratio_key(g): text}``."""
@@ -59,10 +85,10 @@ def load_compressed(path: str | Path) -> list[CompressedRecord]:
     records = validate_rows(rows, source=str(path), default_task=path.name.split(".")[0])
     out = []
     for (line, row), record in zip(rows, records):
-        mapping = row.get("compressed") if isinstance(row, Mapping) else None
-        if not isinstance(mapping, Mapping) or not all(isinstance(v, str) for v in mapping.values()):
-            raise RecordError(str(path), line, "compressed", "missing or not a mapping of ratio -> text")
-        out.append(CompressedRecord(**{**record.__dict__, "compressed": dict(mapping)}))
+        mapping = compressed_mapping(row, str(path), line)
+        if mapping is None:
+            raise RecordError(str(path), line, COMPRESSED_COLUMN, "missing or not a mapping of ratio -> text")
+        out.append(CompressedRecord(**{**record.__dict__, "compressed": mapping}))
     return out
 
 
