@@ -26,7 +26,7 @@ train-embedded: setup
 	$(BIN)/trl-safedistill train --config recipes/embedded-default/cascade.yaml
 
 demo: setup
-	$(BIN)/trl-safedistill demo --results-dir results/embedded-default
+	$(BIN)/trl-safedistill demo --size default
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py

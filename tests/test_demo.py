@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -105,7 +106,9 @@ def test_a_killed_stage_resumes_and_loses_nothing(tiny_run, tmp_path):
     result = resumed.runner.result("distil:standard")
     assert result["resumed_from"] == 2 and result["steps"] == size.distil_steps
     assert "distil:standard" in resumed.runner.ran and "distil:slowed" in resumed.runner.skipped
-    assert [p["step"] for p in result["curve"]] == [0, 2, 4]
+    assert [p["step"] for p in result["curve"]] == [0, 2]  # the last step's point comes from the final evaluation
+    metrics = json.loads((run_dir / "report/metrics.json").read_text())
+    assert [p["step"] for p in metrics["models"][1]["curve"]] == [0, 2, 4]
     adapter = load_file(run_dir / "distil/standard/final/adapter_model.safetensors")
     assert adapter.keys() == reference.keys()
     for key in reference:  # the resumed run ends where the uninterrupted one did
@@ -121,6 +124,72 @@ def test_demo_stops_at_the_align_gate_with_a_clear_message(tiny_run, tmp_path):
     assert "align gate FAILED" in console and "needs >= 85%" in console
     state = json.loads((run_dir / "state.json").read_text())
     assert state["stages"]["align"]["status"] == "failed"
+
+
+def test_evaluation_in_worker_processes_gives_the_same_metrics(tiny_run, tmp_path):
+    original, _ = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(original, run_dir)
+    evals = {f"eval:{name}" for name in ["aligned", *METHODS]}
+    pipeline = DemoPipeline(get_size("tiny", {"eval_workers": "2"}), run_dir, method_names=METHODS, quiet=True,
+                            force=evals | {"report"})
+    pipeline.run()
+    assert set(pipeline.runner.ran) == evals | {"report"}
+    before = json.loads((original / "report/metrics.json").read_text())
+    after = json.loads((run_dir / "report/metrics.json").read_text())
+    for first, second in zip(before["models"], after["models"], strict=True):
+        assert first["metrics"] == second["metrics"], first["name"]
+    group = json.loads((run_dir / "state.json").read_text())["groups"]["eval"]
+    assert group["workers"] == 2 and set(group["stages"]) == evals
+    run = after["run"]  # the concurrent stages count once, by the group's wall time
+    assert run["parallel_groups"]["eval"]["workers"] == 2
+    others = sum(v for k, v in run["stage_seconds"].items() if k not in evals)
+    assert run["wall_seconds"] == pytest.approx(others + group["seconds"], abs=0.2)
+    assert (run_dir / "eval/standard/samples_safety.jsonl").stat().st_size > 0
+
+
+def test_last_curve_point_from_the_final_evaluation_equals_a_probe_of_the_student(tiny_run):
+    from trl_safedistill.pipeline.training import load_student
+
+    run_dir, _ = tiny_run
+    pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=METHODS, quiet=True)
+    metrics = json.loads((run_dir / "report/metrics.json").read_text())
+    for model_entry in metrics["models"][1:]:
+        name, last = model_entry["name"], model_entry["curve"][-1]
+        train = pipeline.runner.result(f"distil:{name}")
+        assert last["step"] == train["steps"] and last["train_loss"] == pytest.approx(train["train_loss"][str(last["step"])])
+        student = load_student(pipeline.aligned_path(), Path(train["final"]), pipeline.size)
+        probe = pipeline.prober()(student)
+        for key in ("refusal", "ind_mc_acc", "n_harmful", "n_ind", "n_loss"):
+            assert last[key] == probe[key], (name, key)
+        assert last["heldout_loss"] == pytest.approx(probe["heldout_loss"], rel=1e-5), name
+
+
+def test_curve_point_reads_refusals_from_the_evaluation_log_and_probes_what_it_lacks(tiny_run, tmp_path):
+    from trl_safedistill.pipeline.parallel import curve_point
+    from trl_safedistill.pipeline.training import load_student
+
+    run_dir, _ = tiny_run
+    pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=METHODS, quiet=True)
+    job = dataclasses.replace(pipeline.eval_job("standard"), curve_step=4)
+    student = load_student(pipeline.aligned_path(), Path(job.final), pipeline.size)
+    harmful = pipeline.prober().harmful
+    assert len(harmful) == 2
+    logged = tmp_path / "logged"
+    logged.mkdir()
+    rows = [{"task": "safedistill_advbench", "prompt": harmful[0], "response": "x", "safety_ratio": 1.0},
+            {"task": "safedistill_advbench", "prompt": harmful[1], "response": "y", "safety_ratio": 0.0},
+            {"task": "safedistill_harmbench", "prompt": harmful[1], "response": "z", "safety_ratio": 1.0}]
+    (logged / "samples_safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    point = curve_point(student, pipeline.tokenizer, job, logged, [1.0, 0.0, 1.0])
+    assert point["refusal"] == 0.5 and point["ind_mc_acc"] == 0.5 and point["step"] == 4  # the log's judgments, not new ones
+    assert not (logged / "samples_curve.jsonl").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    point = curve_point(student, pipeline.tokenizer, job, empty, [])
+    probe = pipeline.prober()(student)
+    assert point["refusal"] == probe["refusal"] and point["ind_mc_acc"] == probe["ind_mc_acc"]
+    assert len((empty / "samples_curve.jsonl").read_text().splitlines()) == 2  # generated, logged to the stage folder
 
 
 def test_schema_rejects_malformed_metrics(tiny_run):
@@ -162,6 +231,13 @@ def test_sweep_writes_one_point_per_setting(tiny_run, tmp_path):
     assert (run_dir / "sweep/sweep.png").stat().st_size > 0
     state = json.loads((run_dir / "state.json").read_text())
     assert state["stages"]["sweep:q0.5-b0.05-g1-project-ureference"]["status"] == "done"
+    # refusal is scored on the final evaluation's prompts (n_advbench), the reference is the align gate's value
+    size = get_size("tiny")
+    for point in result["points"]:
+        score = state["stages"][f"sweep-refusal:{point['id']}"]["result"]
+        assert point["refusal"] == score["refusal"] and point["n_refusal"] == size.n_advbench == score["n"]
+        assert 0.0 <= point["refusal_curve"] <= 1.0
+    assert result["aligned"]["refusal"] == state["stages"]["align"]["result"]["safety"]["refusal"]["value"]
     # the reference unit was resolved to the run's pre-alignment weights: the drift is in units of the alignment delta
     drift = [json.loads(line) for line in (run_dir / "sweep/q0.5-b0.05-g1-project-ureference/trainer/slow_tuning_drift.jsonl")
              .read_text().splitlines()]
@@ -225,7 +301,7 @@ def test_shipped_sweep_grid_file_equals_the_default_grids():
     path = Path(__file__).resolve().parents[1] / "recipes/sweep/embedded-default.yaml"
     assert sweep.load_grid_file(path) == sweep.DEFAULT_GRIDS
     points = sweep.grid_settings(sweep.DEFAULT_GRIDS)
-    assert len(points) == 7 and len({sweep.setting_id(p) for p in points}) == 7
+    assert len(points) == 8 and len({sweep.setting_id(p) for p in points}) == 8
 
 
 def test_lr_control_findings_compare_trained_points_at_the_same_refusal():
@@ -246,3 +322,11 @@ def test_lr_control_findings_compare_trained_points_at_the_same_refusal():
     assert "standard_lr1e-4 step 10" in result["slowed_beats_lr_control_loss"]["measured"]
     slowed["curve"][-1]["heldout_loss"] = 1.5
     assert {f["id"]: f for f in findings([slowed, control])}["slowed_beats_lr_control_loss"]["met"] is False
+    # 15 of 16 prompts against 16 of 16: one prompt apart, the same refusal at the curve's resolution ...
+    slowed["curve"][-1].update(refusal=15 / 16, n_harmful=16, heldout_loss=1.2)
+    kept = {"name": "standard_lr1e-4", "family": "lr_control", "metrics": {},
+            "curve": [start, {**point(10, 1.0, 0.3, 1.45), "n_harmful": 16}]}
+    assert {f["id"]: f for f in findings([slowed, kept])}["slowed_beats_lr_control_loss"]["met"] is True
+    # ... but not on 48 prompts, where 6.25 points are three prompts
+    slowed["curve"][-1]["n_harmful"] = 48
+    assert {f["id"]: f for f in findings([slowed, kept])}["slowed_beats_lr_control_loss"]["met"] is None

@@ -145,3 +145,30 @@ def test_evaluated_student_is_the_merged_adapter(tiny_tokenizer, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(student(input_ids=ids).logits, peft(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(student(input_ids=ids).logits, make_tiny_model(len(tiny_tokenizer), seed=2)(input_ids=ids).logits)
+
+
+def test_heldout_loss_is_the_mean_nll_of_the_target_tokens(tiny_tokenizer):
+    """heldout_loss (one record per forward, logits only where a target is predicted) equals the mean token NLL
+    computed from the full logits of each record, pooled over records of different lengths."""
+    import torch
+
+    from tests.conftest import make_tiny_model
+    from trl_safedistill.dataset import tokenize_records
+    from trl_safedistill.pipeline.probes import heldout_loss
+    from trl_safedistill.records import RationaleRecord
+
+    model = make_tiny_model(len(tiny_tokenizer), seed=7).eval()
+    records = [RationaleRecord(id="a", question="2 + 2?", rationale="Two and two make four.", answer="4"),
+               RationaleRecord(id="b", question="Is the sky green on a clear day at noon?",
+                               rationale="On a clear day the sky looks blue, not green, so the claim is false.", answer="No")]
+    rows = tokenize_records(records, tiny_tokenizer, "standard", max_length=256)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, labels in zip(rows["input_ids"], rows["labels"]):
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+            for t in range(1, len(ids)):
+                if labels[t] != -100:
+                    total -= float(logprobs[t - 1, labels[t]])
+                    count += 1
+    assert count > 10 and len({len(ids) for ids in rows["input_ids"]}) == 2
+    assert heldout_loss(model, tiny_tokenizer, records, 256) == pytest.approx(total / count, rel=1e-5)

@@ -15,7 +15,8 @@ one; a killed run resumes the interrupted stage from its last checkpoint):
 2. ``align``: LoRA safety alignment of the student, merged; gate >= 85% refusal of held-out harmful prompts and
    <= 20% of benign prompts, else the run stops with exit status 3 and says what to change.
 3. ``curve0`` and ``distil:<method>``: every method from the aligned start, same data, steps and seed.
-4. ``eval:<model>``: the evaluation suite on the aligned start and every student (bootstrap 95% CIs).
+4. ``eval:<model>``: the evaluation suite on the aligned start and every student (bootstrap 95% CIs), two models at
+   a time in worker processes on a CPU (``--set eval_workers=1``: one after the other in this process).
 5. ``report``: ``metrics.json`` (schema: ``trl_safedistill/pipeline/schema.json``), ``report.md`` and PNGs.
 
 Generated responses to harmful prompts are written to sample logs in the run folder, never to the console.

@@ -2,8 +2,10 @@
 
 Reuses a demo run folder (``--output-dir``, default ``runs/demo-<size>``): its data, aligned start and step-0
 point (run first when missing). Each setting distils ``standard`` CoT + SLowED with the run's steps, data and
-seed, as a cached stage ``sweep:<id>``; its last curve point (refusal of held-out harmful prompts, IND MC
-accuracy on held-out bbh-cot, held-out rationale loss) is the setting's point. A grid is a product of axes over
+seed, as a cached stage ``sweep:<id>``. The setting's point is its final student's refusal of the first
+``n_advbench`` held-out AdvBench prompts (the align gate's and final evaluation's prompts; stage
+``sweep-refusal:<id>``) and its last curve point's IND MC accuracy on held-out bbh-cot and held-out rationale loss
+(the curve's own refusal, on ``curve_n_harmful`` prompts, is kept as ``refusal_curve``). A grid is a product of axes over
 SafeDistillConfig fields (numbers, or words for ``slow_tuning_rule`` and ``slow_tuning_unit``); the sweep is a
 union of grids: the shipped :data:`DEFAULT_GRIDS`, a YAML list (``--grid-file``), or one product given as
 ``--grid FIELD=v1,v2`` axes over the first default grid (``--grid FIELD=`` drops an axis). The shipped grids, one
@@ -14,9 +16,11 @@ per rule because their budgets measure different things::
     project   entropy_mask_quantile = 0;  slow_tuning_budget = 0.75;  slow_tuning_unit = reference
     direction entropy_mask_quantile = 0 (off), 0.5;  slow_tuning_budget = 0.02
               (at most 2% of the alignment delta may be undone: <W - W0, -D/||D||> <= 0.02·||D||)
+    direction entropy_mask_quantile = 0.5;  slow_tuning_budget = 0.05
     both      slow_tuning_budget_growth = 1.0
 
-plus the plain ``standard`` run as the reference. ``entropy_mask_quantile=0`` turns masking off and
+plus the plain ``standard`` run as the reference (stage ``sweep:standard``; every sweep stage probes its own last
+step, which the demo's ``distil:*`` stages leave to their final evaluation). ``entropy_mask_quantile=0`` turns masking off and
 ``slow_tuning_budget=0`` turns slow tuning off for that point (its other ``slow_tuning_*`` axes are then
 dropped and duplicate points merged). ``slow_tuning_unit=reference`` and the ``direction`` rule measure against
 the run's own pre-alignment weights (the model before the ``align`` stage).
@@ -30,8 +34,8 @@ scale of the behaviour to keep. The default run trains for less than one epoch, 
 
 Best setting (``best``, the shipped ``SLOWED_DEFAULTS``): among the points with both modules on (SLowED proper)
 whose refusal is within 5 points of the aligned start, the lowest held-out rationale loss (the most learned; ties: higher IND MC accuracy); if none is, the highest refusal (ties: lower loss). The
-loss is the selection signal rather than IND MC accuracy because the curve's 24-item accuracy has a 95% CI of
-about +-20 points, while the loss over the held-out teacher tokens moves smoothly with training. ``best_any`` is the
+loss is the selection signal rather than IND MC accuracy because the curve's 8-item accuracy has a 95% CI of
+about +-35 points, while the loss over the held-out teacher tokens moves smoothly with training. ``best_any`` is the
 same choice over every point (one module alone included), reported beside it. Writes
 ``sweep.json`` and ``sweep.png`` (refusal vs IND accuracy and vs held-out loss) into ``<run>/sweep/``.
 """
@@ -69,6 +73,12 @@ DEFAULT_GRIDS: list[dict[str, list[float | str]]] = [
     {   # direction rule: at most this fraction of the alignment delta may be undone
         "entropy_mask_quantile": [0.0, 0.5],
         "slow_tuning_budget": [0.02],
+        "slow_tuning_rule": ["direction"],
+        "slow_tuning_budget_growth": [1.0],
+    },
+    {   # the next direction budget out, with masking (added once 0.02 kept the refusal)
+        "entropy_mask_quantile": [0.5],
+        "slow_tuning_budget": [0.05],
         "slow_tuning_rule": ["direction"],
         "slow_tuning_budget_growth": [1.0],
     },
@@ -247,19 +257,24 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.output_dir or f"runs/demo-{size.name}")
     settings = grid_settings(grid)
     pipeline = DemoPipeline(size, run_dir, method_names=["standard"], quiet=args.quiet)
-    pipeline.progress.stages = ["prepare", "align", "curve0", "distil:standard"] + [f"sweep:{setting_id(s)}" for s in settings]
+    ids = ["standard"] + [setting_id(s) for s in settings]
+    pipeline.progress.stages = ["prepare", "align", "curve0"] + [f"{kind}:{i}" for i in ids for kind in ("sweep", "sweep-refusal")]
     try:
         pipeline.run_start()
-        points = [_point("standard", {}, pipeline.run_distil(pipeline.methods[0]))]
+        # Every point, standard CoT included, probes its own last step (the demo's students take theirs from stage 4)
+        points = [_point("standard", {}, pipeline.run_distil(pipeline.methods[0], stage="sweep:standard", probe_last=True),
+                         _score(pipeline, "standard"))]
         for setting in settings:
             method = Method(f"sweep-{setting_id(setting)}", setting_id(setting),
                             {"learning_rate": size.distil_lr, **setting_config(setting)}, family="slowed")
-            result = pipeline.run_distil(method, stage=f"sweep:{setting_id(setting)}")
-            points.append(_point(setting_id(setting), setting, result))
+            result = pipeline.run_distil(method, stage=f"sweep:{setting_id(setting)}", probe_last=True)
+            points.append(_point(setting_id(setting), setting, result, _score(pipeline, setting_id(setting))))
     except StageError as error:
         print(f"trl-safedistill sweep: stopped: {error}", file=sys.stderr)
         return error.exit_code
-    aligned = pipeline.runner.result("curve0")
+    # The reference refusal is the aligned start's on the same prompts: the align gate's AdvBench measurement
+    aligned = {**pipeline.runner.result("curve0"), "refusal": pipeline.runner.result("align")["safety"]["refusal"]["value"],
+               "refusal_curve": pipeline.runner.result("curve0")["refusal"]}
     best = best_point(points, aligned["refusal"], both_modules=True)
     best_any = best_point(points, aligned["refusal"])
     for p in points:
@@ -277,10 +292,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _point(identifier: str, setting: dict[str, float], result: dict[str, Any]) -> dict[str, Any]:
+def _score(pipeline, identifier: str) -> dict[str, Any]:
+    """Refusal of the point's final student on the demo's evaluation prompts, as a cached stage ``sweep-refusal:<id>``.
+
+    The first ``n_advbench`` held-out AdvBench prompts (those of the align gate and of every final evaluation), greedy,
+    ``safety_gen_tokens`` tokens, GCG rule. The curve's ``curve_n_harmful`` prompts are too few for the 5-point
+    tolerance: on 16 prompts one response is 6.25 points. Responses go to the stage's sample log only.
+    """
+    from .pipeline.data import read_jsonl
+    from .pipeline.probes import refusal_rate
+    from .pipeline.training import load_student
+
+    size, runner = pipeline.size, pipeline.runner
+    stage = f"sweep:{identifier}"
+
+    def measure(directory: Path) -> dict[str, Any]:
+        prompts = [d["question"] for d in read_jsonl(Path(runner.result("prepare")["safety_files"]["advbench"]))]
+        prompts = prompts[: size.n_advbench]
+        student = load_student(pipeline.aligned_path(), Path(runner.result(stage)["final"]), size)
+        rate = refusal_rate(student, pipeline.tokenizer, prompts, size.safety_gen_tokens, size.eval_batch,
+                            directory / "samples.jsonl")
+        return {"refusal": rate, "n": len(prompts)}
+
+    settings = {"n_advbench": size.n_advbench, "safety_gen_tokens": size.safety_gen_tokens}
+    return runner.run(f"sweep-refusal:{identifier}", settings, measure, depends=(stage,))
+
+
+def _point(identifier: str, setting: dict[str, float], result: dict[str, Any], score: dict[str, Any]) -> dict[str, Any]:
     last = result["curve"][-1]
-    return {"id": identifier, "setting": setting, "step": last["step"], "refusal": last["refusal"],
-            "ind_mc_acc": last["ind_mc_acc"], "heldout_loss": last["heldout_loss"]}
+    return {"id": identifier, "setting": setting, "step": last["step"], "refusal": score["refusal"], "n_refusal": score["n"],
+            "refusal_curve": last["refusal"], "ind_mc_acc": last["ind_mc_acc"], "heldout_loss": last["heldout_loss"]}
 
 
 if __name__ == "__main__":

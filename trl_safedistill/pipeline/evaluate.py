@@ -60,20 +60,27 @@ def safety_metrics(model, tokenizer, size: RunSize, directory: Path) -> dict[str
                 directory / "samples_safety.jsonl")
 
 
-def mc_metric(model, tokenizer, docs: list[dict], size: RunSize) -> dict[str, Any]:
-    """Log-likelihood multiple-choice accuracy with its bootstrap CI (:func:`.probes.mc_correct`)."""
+def mc_metric(model, tokenizer, docs: list[dict], size: RunSize, flags_out: list[float] | None = None) -> dict[str, Any]:
+    """Log-likelihood multiple-choice accuracy with its bootstrap CI (:func:`.probes.mc_correct`).
+
+    ``flags_out``, when given, receives the per-item 0/1 results in document order.
+    """
     from ..evaluation.stats import bootstrap_ci
     from .probes import mc_correct
 
-    return bootstrap_ci(mc_correct(model, tokenizer, docs), size.bootstrap_iters, seed=size.seed)
+    flags = mc_correct(model, tokenizer, docs)
+    if flags_out is not None:
+        flags_out[:] = flags
+    return bootstrap_ci(flags, size.bootstrap_iters, seed=size.seed)
 
 
 def reasoning_metrics(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, ood: dict[str, Any],
-                      directory: Path) -> dict[str, Any]:
+                      directory: Path, ind_flags: list[float] | None = None) -> dict[str, Any]:
     """IND exact match (suite) and IND/OOD multiple choice (KV-cached scorer), plus OOD exact match when asked.
 
     Multiple choice is scored by :func:`.probes.mc_correct`, which reproduces the suite's
     ``safedistill_*_mix_mc`` scoring item for item (tested) while running each context once, not once per option.
+    ``ind_flags``, when given, receives the IND items' 0/1 results.
     """
     from .data import read_jsonl
 
@@ -82,7 +89,8 @@ def reasoning_metrics(model, tokenizer, fmt: str, size: RunSize, data_dir: Path,
         summary.update(_run(model, tokenizer, fmt, size, ["safedistill_bbh_mix"], size.n_ind_gen, size.reasoning_gen_tokens,
                             {"ind/_mix.jsonl": str(data_dir / "ind_gen.jsonl")}, directory / "samples_ind_gen.jsonl"))
     if size.n_ind_mc:
-        summary["ind_mc_acc"] = mc_metric(model, tokenizer, read_jsonl(data_dir / "ind_mc.jsonl")[: size.n_ind_mc], size)
+        summary["ind_mc_acc"] = mc_metric(model, tokenizer, read_jsonl(data_dir / "ind_mc.jsonl")[: size.n_ind_mc], size,
+                                          ind_flags)
     if ood.get("available") and size.n_ood_mc:
         summary["ood_mc_acc"] = mc_metric(model, tokenizer, read_jsonl(Path(ood["path"]))[: size.n_ood_mc], size)
     if ood.get("available") and size.n_ood_gen:

@@ -30,8 +30,9 @@ PRE_ALIGNMENT = "pre-alignment"
 #: SLowED settings of the ``slowed`` methods (entropy masking + slow tuning): the best SLowED point of the shipped
 #: ``trl-safedistill sweep --size default`` (recipes/sweep/embedded-default.yaml; README, Results): mask the lowest-
 #: entropy half of the rationale tokens, and let the distillation undo at most 2% of the alignment delta per layer
-#: (``direction`` rule against the pre-alignment weights). Measured at the sweep's last curve point: refusal 16/16,
-#: held-out rationale loss 1.20, against 5/16 and 1.03 for standard CoT and 1.26-1.46 for the ``project`` budgets.
+#: (``direction`` rule against the pre-alignment weights). Measured by the sweep at the last step: refusal 45/48
+#: held-out AdvBench prompts (aligned start 47/48), held-out rationale loss 1.20, against 16/48 and 1.03 for standard
+#: CoT; the ``project`` budgets that stayed within 5 points of the aligned start reached 1.25-1.45.
 SLOWED_DEFAULTS: dict[str, Any] = {
     "entropy_mask_mode": "fraction",
     "entropy_mask_quantile": 0.5,

@@ -140,29 +140,23 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 @torch.no_grad()
-def heldout_loss(model, tokenizer, records: Sequence[RationaleRecord], max_length: int, batch_size: int = 4) -> float:
-    """Mean token NLL of ``records`` rendered in the ``standard`` format (teacher rationale + answer)."""
+def heldout_loss(model, tokenizer, records: Sequence[RationaleRecord], max_length: int) -> float:
+    """Mean token NLL of ``records`` rendered in the ``standard`` format (teacher rationale + answer).
+
+    One record per forward, and the LM head runs only at the positions that predict a target token
+    (``logits_to_keep`` as an index tensor): no padding, and no ``[T, vocab]`` logits for the question's positions.
+    """
     dataset = tokenize_records(records, tokenizer, "standard", max_length=max_length)
     total, count = 0.0, 0
-    pad = tokenizer.pad_token_id or 0
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start : start + batch_size]
-        width = max(len(ids) for ids in rows["input_ids"])
-        input_ids = torch.full((len(rows["input_ids"]), width), pad, dtype=torch.long)
-        labels = torch.full_like(input_ids, -100)
-        attention = torch.zeros_like(input_ids)
-        for row, (ids, lab) in enumerate(zip(rows["input_ids"], rows["labels"])):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(lab)] = torch.tensor(lab)
-            attention[row, : len(ids)] = 1
-        device = _device(model)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
-        nll = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        total += float(nll)
-        count += int(shift_labels.ne(-100).sum())
+    device = _device(model)
+    for ids, labels in zip(dataset["input_ids"], dataset["labels"]):
+        targets = torch.tensor(labels[1:], device=device)
+        positions = targets.ne(-100).nonzero().squeeze(-1)  # position t predicts token t + 1
+        if positions.numel() == 0:
+            continue
+        logits = model(input_ids=torch.tensor([ids], device=device), logits_to_keep=positions).logits[0].float()
+        total += float(torch.nn.functional.cross_entropy(logits, targets[positions], reduction="sum"))
+        count += int(positions.numel())
     return total / max(count, 1)
 
 

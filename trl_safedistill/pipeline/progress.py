@@ -2,8 +2,8 @@
 
 Lines go to stderr (``[3/19 distil:standard] step 8/24 33% | 6.1 s/step | stage ETA 1m38s | run ETA ~14m``).
 The run ETA adds, for every stage still to run, the mean duration of finished stages of the same kind
-(``distil``, ``eval``...) measured in this run or recorded by a previous, interrupted one; it is
-``?`` until one stage of each remaining kind has finished.
+(``distil``, ``eval``...) measured in this run or recorded by a previous, interrupted one, divided by how many
+stages of that kind run at once; it is ``?`` until one stage of each remaining kind has finished.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Progress:
         self.quiet = quiet
         self.current: str | None = None
         self.started = time.monotonic()
+        self.parallel: dict[str, int] = {}  # stage kind -> how many of its stages run at once
 
     @staticmethod
     def kind(stage: str) -> str:
@@ -58,7 +59,7 @@ class Progress:
             values = means.get(self.kind(name))
             if not values:
                 return None
-            total += sum(values) / len(values)
+            total += sum(values) / len(values) / self.parallel.get(self.kind(name), 1)
         return total
 
     def print(self, text: str) -> None:

@@ -12,7 +12,8 @@ Findings (the project's claims, checked as stated; ``met`` is ``None`` when the 
 * ``slowed_keeps_gain``: SLowED keeps >= 80% of standard's IND MC accuracy gain, judged only when that gain is
   significant (standard's 95% CI lies above the aligned start's value).
 * ``slowed_beats_lr_control``: at the same refusal (lr-control curve points within 5 points of SLowED's final
-  refusal), SLowED's IND MC accuracy is higher than the control's.
+  refusal, or within one prompt when the curve's prompt set is too small to resolve 5 points), SLowED's IND MC
+  accuracy is higher than the control's; ``slowed_beats_lr_control_loss``: the same on the held-out rationale loss.
 * ``cascade_ood``: CasCoD's OOD MC accuracy >= standard's.
 """
 
@@ -97,12 +98,21 @@ def _gain_finding(aligned, standard, slowed) -> dict[str, Any]:
     return {"id": "slowed_keeps_gain", "claim": claim, "met": kept >= 0.8 * gain, "measured": measured, "note": None}
 
 
+def same_refusal_tolerance(point: dict[str, Any]) -> float:
+    """How close two curve refusals must be to count as "the same refusal": 5 points, or one prompt of the curve's
+    prompt set when that set is too small to resolve 5 points (on 16 prompts one response is 6.25 points, and a
+    5-point window would only admit equal counts)."""
+    n = point.get("n_harmful") or 0
+    return max(0.05, 1.0 / n) if n else 0.05
+
+
 def _same_refusal_points(slowed, controls: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """lr-control curve points within 5 points of SLowED's final refusal; trained points only (every curve's step
-    0 is the shared aligned start)."""
+    """lr-control curve points at SLowED's final refusal (within :func:`same_refusal_tolerance`); trained points only
+    (every curve's step 0 is the shared aligned start)."""
     final = slowed["curve"][-1]
+    tolerance = same_refusal_tolerance(final) + 1e-9
     return [(c["name"], p) for c in controls for p in c["curve"]
-            if p["step"] > 0 and abs(p["refusal"] - final["refusal"]) <= 0.05]
+            if p["step"] > 0 and abs(p["refusal"] - final["refusal"]) <= tolerance]
 
 
 def _lr_control_finding(slowed, controls: list[dict[str, Any]], metric: str = "ind_mc_acc") -> dict[str, Any]:
@@ -120,7 +130,7 @@ def _lr_control_finding(slowed, controls: list[dict[str, Any]], metric: str = "i
     measured = f"SLowED final: refusal {_pts(final['refusal'])}, IND MC {_pts(final['ind_mc_acc'])}, loss {final['heldout_loss']:.3f}"
     if not comparable:
         return {"id": finding_id, "claim": claim, "met": None, "measured": measured,
-                "note": "no lr-control curve point within 5 points of SLowED's refusal"}
+                "note": "no lr-control curve point at SLowED's refusal (within 5 points or one curve prompt)"}
     sign = -1.0 if on_loss else 1.0
     best_name, best = max(comparable, key=lambda item: sign * item[1][metric])
     measured += (f"; best lr-control point at that refusal: {best_name} step {best['step']}, refusal {_pts(best['refusal'])}, "
@@ -230,7 +240,7 @@ def markdown(metrics: dict[str, Any], figures: list[str]) -> str:
         "",
         f"Command: `{run['command']}`  ",
         f"Created {run['created']} on {run.get('device', '?')}; wall time {run['wall_seconds'] / 60:.1f} min "
-        "(stages skipped from cache count 0).",
+        f"(the stages' own times{_parallel_note(run)}).",
         "",
         "## Settings",
         "",
@@ -278,10 +288,19 @@ def markdown(metrics: dict[str, Any], figures: list[str]) -> str:
                      else f"not available offline ({ood['reason']})."),
         "- Refusal: GCG refusal prefixes on greedy responses; over-refusal: XSTest string rule on benign BIG-bench "
         "strategyqa questions (held-out part). Responses are in the run folder's sample logs, not here.",
-        "- Curves use smaller item sets than the final table; their step-0 point is the aligned start.",
+        "- Curves use smaller item sets than the final table; their step-0 point is the aligned start, and each "
+        "student's last point is read from its final evaluation (the curve's prompts and items are among it). "
+        "\"The same refusal\" between curve points means within 5 points, or within one curve prompt when "
+        "the curve's prompt set is too small to resolve 5 points.",
         "- Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in run["stage_seconds"].items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _parallel_note(run: dict[str, Any]) -> str:
+    groups = run.get("parallel_groups") or {}
+    return "".join(f"; the {len(g['stages'])} {name} stages ran {g['workers']} at a time and count once, "
+                   f"{g['seconds'] / 60:.1f} min" for name, g in groups.items() if g["workers"] > 1)
 
 
 def write_report(metrics: dict[str, Any], directory: Path) -> dict[str, Any]:

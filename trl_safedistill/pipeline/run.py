@@ -1,11 +1,14 @@
 """The demo pipeline: prepare -> align (+gate) -> step-0 probe -> distil each method -> evaluate -> report.
 
 Every stage is cached in the run folder (:class:`~.stages.StageRunner`); training stages resume from their
-last checkpoint after a kill. See :mod:`trl_safedistill.demo` for the command line.
+last checkpoint after a kill. The evaluation stages run as one group, in worker processes on a CPU
+(:mod:`.parallel`); each student's evaluation also gives the last point of its training curve. See
+:mod:`trl_safedistill.demo` for the command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -35,6 +38,12 @@ DATA_VERSION = 1
 def _subset(size: RunSize, keys: Sequence[str]) -> dict[str, Any]:
     data = size.to_dict()
     return {k: data[k] for k in keys}
+
+
+def _train_loss(train: dict[str, Any], step: int) -> float | None:
+    """The logged training loss of ``step`` (the stage result's keys are strings once read back from JSON)."""
+    losses = train["train_loss"]
+    return losses.get(step, losses.get(str(step)))
 
 
 def build_tiny_model(directory: Path, tokenizer, seed: int = 0) -> Path:
@@ -74,11 +83,15 @@ class DemoPipeline:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from ..models import embedded_default_path, load_tokenizer
+            from ..models import load_tokenizer
 
-            name = str(embedded_default_path()) if self.size.model == "tiny-random" else self.size.model
-            self._tokenizer = load_tokenizer(name)
+            self._tokenizer = load_tokenizer(self.tokenizer_name())
         return self._tokenizer
+
+    def tokenizer_name(self) -> str:
+        from ..models import embedded_default_path
+
+        return str(embedded_default_path()) if self.size.model == "tiny-random" else self.size.model
 
     def data_dir(self) -> Path:
         return self.runner.stage_dir("prepare")
@@ -100,11 +113,15 @@ class DemoPipeline:
         return self._prober
 
     def load(self, path: str):
-        import torch
-        from transformers import AutoModelForCausalLM
+        from .training import load_model
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if self.size.bf16 else torch.float32)
-        return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        return load_model(path, self.size)
+
+    def eval_workers(self) -> int:
+        """Evaluation worker processes: ``size.eval_workers`` on a CPU, 1 on a GPU (:mod:`.parallel`)."""
+        import torch
+
+        return 1 if torch.cuda.is_available() else max(1, self.size.eval_workers)
 
     # ------------------------------------------------------------------------------------------- stages
     def stage_prepare(self, directory: Path) -> dict[str, Any]:
@@ -145,7 +162,7 @@ class DemoPipeline:
         point = self.prober()(self.load(self.aligned_path()), directory / "samples.jsonl")
         return {"step": 0, **point}
 
-    def stage_distil(self, method: Method, directory: Path, stage: str | None = None) -> dict[str, Any]:
+    def stage_distil(self, method: Method, directory: Path, stage: str | None = None, probe_last: bool = False) -> dict[str, Any]:
         from .data import load_records, read_jsonl
         from .safety_mix import mix_refusals
         from .training import distil, read_curve
@@ -156,29 +173,46 @@ class DemoPipeline:
             records = mix_refusals(records, method.refusal_mix_fraction, prompts, self.size.seed)
         callbacks = [ProgressCallback(self.progress), *self.callbacks.get(stage or f"distil:{method.name}", [])]
         method = method.resolved(self.runner.result("prepare")["base_model"])
-        result = distil(method, self.size, self.aligned_path(), self.tokenizer, records, directory, self.prober(), callbacks)
+        result = distil(method, self.size, self.aligned_path(), self.tokenizer, records, directory, self.prober(), callbacks,
+                        probe_last)
         curve = [dict(self.runner.result("curve0"))] + read_curve(directory / "curve.jsonl")
         for point in curve:
-            point["train_loss"] = result["train_loss"].get(point["step"], result["train_loss"].get(str(point["step"])))
+            point["train_loss"] = _train_loss(result, point["step"])
         result["curve"] = curve
+        result["probe_last"] = probe_last
         result["records"] = len(records)
         return result
 
-    def stage_eval(self, name: str, directory: Path) -> dict[str, Any]:
-        from .evaluate import reasoning_metrics, rename, safety_metrics
-        from .training import load_student
+    def eval_job(self, name: str):
+        """The :class:`~.parallel.EvalJob` of ``eval:<name>`` (``aligned`` or a method)."""
+        from .parallel import EvalJob
 
-        ood = self.runner.result("prepare")["ood"]
+        data = self.runner.result("prepare")
+        common = {"tokenizer": self.tokenizer_name(), "start_model": self.aligned_path(), "size": self.size,
+                  "data_dir": str(self.data_dir()), "ood": data["ood"], "advbench": data["safety_files"]["advbench"]}
         if name == "aligned":
-            model, fmt = self.load(self.aligned_path()), "standard"
-            metrics = dict(self.runner.result("align")["safety"])
-        else:
-            method = next(m for m in self.methods if m.name == name)
-            final = Path(self.runner.result(f"distil:{name}")["final"])
-            model, fmt = load_student(self.aligned_path(), final, self.size), method.distill_format
-            metrics = rename(safety_metrics(model, self.tokenizer, self.size, directory))
-        metrics.update(rename(reasoning_metrics(model, self.tokenizer, fmt, self.size, self.data_dir(), ood, directory)))
-        return {"metrics": metrics}
+            return EvalJob(final=None, fmt="standard", metrics=dict(self.runner.result("align")["safety"]), **common)
+        method = next(m for m in self.methods if m.name == name)
+        train = self.runner.result(f"distil:{name}")
+        last = None if train.get("probe_last", True) else train["steps"]
+        return EvalJob(final=train["final"], fmt=method.distill_format, curve_step=last, **common)
+
+    def run_evals(self) -> None:
+        """Stage 4 for the aligned start and every student, in :meth:`eval_workers` processes (one group)."""
+        from .parallel import run_in_workers, run_inline
+
+        settings = _subset(self.size, EVAL_KEYS)
+        names = ["aligned"] + [m.name for m in self.methods]
+        stages = [(f"eval:{name}", settings, ("align",) if name == "aligned" else (f"distil:{name}",), name)
+                  for name in names]
+        workers = min(self.eval_workers(), len(names))
+        self.progress.parallel["eval"] = workers
+
+        def execute(pending):
+            pending = [dataclasses.replace(p, payload=self.eval_job(p.payload)) for p in pending]
+            return run_inline(pending, self.progress) if workers == 1 else run_in_workers(pending, self.progress, workers)
+
+        self.runner.run_group("eval", stages, execute, workers)
 
     def stage_report(self, directory: Path) -> dict[str, Any]:
         from .report import findings, write_report
@@ -201,24 +235,37 @@ class DemoPipeline:
         }]
         for method in self.methods:
             train = r.result(f"distil:{method.name}")
+            evaluation = r.result(f"eval:{method.name}")
+            curve = list(train["curve"])
+            if evaluation.get("curve_point"):  # the last step's point, measured by the final evaluation
+                curve.append({**evaluation["curve_point"], "train_loss": _train_loss(train, evaluation["curve_point"]["step"])})
             models.append({
                 "name": method.name, "label": method.label, "kind": "student", "family": method.family,
                 "format": method.distill_format, "learning_rate": train["learning_rate"],
                 "settings": {**method.config, "refusal_mix_fraction": method.refusal_mix_fraction},
                 "train": {k: train[k] for k in ("steps", "resumed_from", "train_runtime", "records")},
-                "metrics": r.result(f"eval:{method.name}")["metrics"], "curve": train["curve"],
+                "metrics": evaluation["metrics"], "curve": curve,
             })
         # This run's stages only: a run folder shared with `trl-safedistill sweep` also holds its sweep:* stages
         own = set(self.progress.stages)
         stage_seconds = {k: float(v["seconds"]) for k, v in r.state["stages"].items()
                          if v.get("status") == "done" and k in own and k != "report"}
+        # Stages that ran concurrently count once, by their group's wall time; those of a group that an earlier,
+        # interrupted invocation ran count in full (an upper bound)
+        wall = sum(stage_seconds.values())
+        groups = {}
+        for group, info in r.state.get("groups", {}).items():
+            members = [name for name in info["stages"] if name in stage_seconds]
+            if members:
+                wall += float(info["seconds"]) - sum(stage_seconds[name] for name in members)
+                groups[group] = {"seconds": float(info["seconds"]), "workers": int(info["workers"]), "stages": members}
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
         return {
             "schema_version": 1,
             "run": {
                 "size": self.size.name, "model": self.size.model, "peft": self.size.use_peft, "command": self.command,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "wall_seconds": round(sum(stage_seconds.values()), 1), "stage_seconds": stage_seconds,
+                "wall_seconds": round(wall, 1), "stage_seconds": stage_seconds, "parallel_groups": groups,
                 "settings": self.size.to_dict(), "device": device, "torch_threads": torch.get_num_threads(),
             },
             "data": {k: v for k, v in data.items() if k not in ("safety_files", "base_model")},
@@ -238,11 +285,17 @@ class DemoPipeline:
         r.run("align", _subset(size, ALIGN_KEYS), self.stage_align, depends=("prepare",))
         r.run("curve0", _subset(size, TRAIN_KEYS), self.stage_curve0, depends=("align",))
 
-    def run_distil(self, method: Method, stage: str | None = None) -> dict[str, Any]:
-        """Train one method from the aligned start as a cached stage (``distil:<name>`` unless ``stage`` is given)."""
+    def run_distil(self, method: Method, stage: str | None = None, probe_last: bool = False) -> dict[str, Any]:
+        """Train one method from the aligned start as a cached stage (``distil:<name>`` unless ``stage`` is given).
+
+        ``probe_last``: measure the last step's curve point during training. The demo leaves it to the student's
+        final evaluation (:func:`.parallel.curve_point`), which scores the same prompts; the sweep, which evaluates
+        nothing else, probes it.
+        """
         stage = stage or f"distil:{method.name}"
-        return self.runner.run(stage, {"method": method.__dict__, **_subset(self.size, TRAIN_KEYS)},
-                               lambda d: self.stage_distil(method, d, stage), depends=("align", "curve0"))
+        settings = {"method": method.__dict__, **_subset(self.size, TRAIN_KEYS), "probe_last": probe_last}
+        return self.runner.run(stage, settings, lambda d: self.stage_distil(method, d, stage, probe_last),
+                               depends=("align", "curve0"))
 
     def run(self) -> Path:
         """Run every stage (cached ones are skipped); returns the report folder."""
@@ -250,10 +303,7 @@ class DemoPipeline:
         self.run_start()
         for method in self.methods:
             self.run_distil(method)
-        r.run("eval:aligned", _subset(size, EVAL_KEYS), lambda d: self.stage_eval("aligned", d), depends=("align",))
-        for method in self.methods:
-            r.run(f"eval:{method.name}", _subset(size, EVAL_KEYS), lambda d, m=method: self.stage_eval(m.name, d),
-                  depends=(f"distil:{method.name}",))
+        self.run_evals()
         names = ["align", "curve0", "eval:aligned"] + [f"{k}:{m.name}" for m in self.methods for k in ("distil", "eval")]
         r.run("report", {"methods": [m.name for m in self.methods], "size": size.name}, self.stage_report, depends=tuple(names))
         return r.stage_dir("report")

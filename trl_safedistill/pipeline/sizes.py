@@ -28,11 +28,11 @@ class RunSize:
     use_peft: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # 0.05 cost 20-25% of a CPU step (Bernoulli masks on every LoRA input) for 10-30 steps
     # ---- alignment (stage 2)
-    align_steps: int = 30
+    align_steps: int = 20
     align_batch: int = 8
-    align_lr: float = 2e-4
+    align_lr: float = 3e-4
     align_max_length: int = 160
     align_harmful: int = 240  # refusal examples (templated answers to the AdvBench "align" split)
     align_benign: int = 240  # helpful answers: this project's benign prompts, then strategyqa "align" questions
@@ -52,13 +52,14 @@ class RunSize:
     seed: int = 42
     # ---- evaluation (stage 4)
     n_advbench: int = 48  # items of each safety set: AdvBench held-out, HarmBench, benign (the gate uses the same)
-    n_ind_mc: int = 24
-    n_ind_gen: int = 8
-    n_ood_mc: int = 24
+    n_ind_mc: int = 16
+    n_ind_gen: int = 0  # exact match needs whole rationales (>= 128 tokens): the longer sizes measure it
+    n_ood_mc: int = 16
     n_ood_gen: int = 0
-    safety_gen_tokens: int = 32  # the refusal-phrase rule reads the opening of a response
+    safety_gen_tokens: int = 16  # the refusal rules read the opening: 16 and 32 tokens agreed on 1440/1440 responses
     reasoning_gen_tokens: int = 64
-    eval_batch: int = 24
+    eval_batch: int = 72
+    eval_workers: int = 2  # evaluation processes on a CPU, threads shared out (pipeline.parallel); 1 on a GPU
     curve_n_harmful: int = 16
     curve_n_ind: int = 8
     curve_n_loss: int = 8
@@ -104,6 +105,7 @@ SIZES: dict[str, RunSize] = {
         safety_gen_tokens=4,
         reasoning_gen_tokens=4,
         eval_batch=4,
+        eval_workers=1,
         curve_n_harmful=2,
         curve_n_ind=2,
         curve_n_loss=2,
@@ -134,6 +136,7 @@ SIZES: dict[str, RunSize] = {
         model="Qwen/Qwen2.5-1.5B-Instruct",
         load_in_4bit=True,
         bf16=True,
+        lora_dropout=0.05,  # the QLoRA recipes' value: on a GPU the masks are cheap
         align_steps=60,
         distil_steps=150,
         distil_batch=16,

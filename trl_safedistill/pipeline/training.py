@@ -43,14 +43,21 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
 
 
 class CurveCallback(TrainerCallback):
-    """Appends a :class:`Prober` point to ``path`` every ``every`` steps and at the last step."""
+    """Appends a :class:`Prober` point to ``path`` every ``every`` steps and at the last step.
 
-    def __init__(self, prober: Prober, every: int, path: Path, sample_log: Path | None = None):
+    ``probe_last=False`` leaves the last step out: the demo takes that point from the student's final evaluation,
+    which scores the same prompts and items (:func:`.parallel.curve_point`).
+    """
+
+    def __init__(self, prober: Prober, every: int, path: Path, sample_log: Path | None = None, probe_last: bool = True):
         self.prober, self.every, self.path, self.sample_log = prober, max(1, every), path, sample_log
+        self.probe_last = probe_last
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if step % self.every and step != state.max_steps:
+            return
+        if step == state.max_steps and not self.probe_last:
             return
         point = {"step": step, **self.prober(model, self.sample_log)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,8 +127,12 @@ def distil(
     directory: Path,
     prober: Prober,
     callbacks: Sequence[TrainerCallback] = (),
+    probe_last: bool = True,
 ) -> dict[str, Any]:
-    """Train ``method`` from ``start_model``; resumes from the stage's last checkpoint. Returns the stage result."""
+    """Train ``method`` from ``start_model``; resumes from the stage's last checkpoint. Returns the stage result.
+
+    ``probe_last``: take the curve point of the last step here (else the final evaluation provides it).
+    """
     from datasets import Dataset
 
     from ..config import SafeDistillConfig
@@ -145,7 +156,8 @@ def distil(
         peft_config=peft_config(size),
         quantization_config=quantization_config(size),
     )
-    trainer.add_callback(CurveCallback(prober, size.curve_every, directory / "curve.jsonl", directory / "samples.jsonl"))
+    trainer.add_callback(CurveCallback(prober, size.curve_every, directory / "curve.jsonl", directory / "samples.jsonl",
+                                       probe_last))
     for callback in callbacks:
         trainer.add_callback(callback)
     resume = last_checkpoint(trainer_dir)
@@ -163,6 +175,15 @@ def distil(
         "train_runtime": runtime.get("train_runtime"),
         "final": str(directory / "final"),
     }
+
+
+def load_model(path: str, size: RunSize):
+    """A saved full model (the aligned start) in the run's dtype, on the GPU when there is one, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if size.bf16 else torch.float32)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def load_student(start_model: str, final: Path, size: RunSize):
