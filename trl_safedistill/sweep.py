@@ -299,7 +299,7 @@ def _score(pipeline, identifier: str) -> dict[str, Any]:
     ``safety_gen_tokens`` tokens, GCG rule. The curve's ``curve_n_harmful`` prompts are too few for the 5-point
     tolerance: on 16 prompts one response is 6.25 points. Responses go to the stage's sample log only.
     """
-    from .pipeline.data import read_jsonl
+    from .pipeline.data import harmful_prompts
     from .pipeline.probes import refusal_rate
     from .pipeline.training import load_student
 
@@ -307,8 +307,7 @@ def _score(pipeline, identifier: str) -> dict[str, Any]:
     stage = f"sweep:{identifier}"
 
     def measure(directory: Path) -> dict[str, Any]:
-        prompts = [d["question"] for d in read_jsonl(Path(runner.result("prepare")["safety_files"]["advbench"]))]
-        prompts = prompts[: size.n_advbench]
+        prompts = harmful_prompts(runner.result("prepare")["safety_files"]["advbench"], size.n_advbench)
         student = load_student(pipeline.aligned_path(), Path(runner.result(stage)["final"]), size)
         rate = refusal_rate(student, pipeline.tokenizer, prompts, size.safety_gen_tokens, size.eval_batch,
                             directory / "samples.jsonl")

@@ -43,6 +43,11 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def harmful_prompts(path: Path | str, n: int) -> list[str]:
+    """The first ``n`` questions of a suite safety file (``safety/advbench.jsonl``: the held-out AdvBench prompts)."""
+    return [row["question"] for row in read_jsonl(Path(path))][:n]
+
+
 def record_length(record: RationaleRecord, tokenizer) -> int:
     from ..dataset import tokenize_records
 

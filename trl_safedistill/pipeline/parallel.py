@@ -82,11 +82,9 @@ def curve_point(model, tokenizer, job: EvalJob, directory: Path, ind_flags: list
     and the held-out rationale loss. What the evaluation did not cover is probed directly. On the committed default
     run, the last-step probe and the final evaluation gave the same responses to all 8 x 16 curve prompts.
     """
-    from .data import load_records, read_jsonl
-    from .probes import heldout_loss, mc_correct, refusal_rate
+    from .probes import Prober
 
-    size = job.size
-    harmful = [d["question"] for d in read_jsonl(Path(job.advbench))][: size.curve_n_harmful]
+    prober = Prober.for_run(tokenizer, job.size, Path(job.data_dir), job.advbench)
     judged: dict[str, bool] = {}
     log = directory / "samples_safety.jsonl"
     if log.exists():
@@ -94,22 +92,11 @@ def curve_point(model, tokenizer, job: EvalJob, directory: Path, ind_flags: list
             row = json.loads(line)
             if row.get("task") == "safedistill_advbench":
                 judged[row["prompt"]] = bool(row["safety_ratio"])
-    if all(prompt in judged for prompt in harmful):
-        refusal = sum(judged[prompt] for prompt in harmful) / max(len(harmful), 1)
-    else:
-        refusal = refusal_rate(model, tokenizer, harmful, size.safety_gen_tokens, size.eval_batch, directory / "samples_curve.jsonl")
-    docs = read_jsonl(Path(job.data_dir) / "ind_mc.jsonl")[: size.curve_n_ind]
-    flags = ind_flags[: len(docs)] if len(ind_flags) >= len(docs) else mc_correct(model, tokenizer, docs)
-    records = load_records(Path(job.data_dir) / "heldout_records.jsonl")[: size.curve_n_loss]
-    return {
-        "step": job.curve_step,
-        "refusal": refusal,
-        "ind_mc_acc": sum(flags) / max(len(flags), 1),
-        "heldout_loss": heldout_loss(model, tokenizer, records, size.max_length),
-        "n_harmful": len(harmful),
-        "n_ind": len(docs),
-        "n_loss": len(records),
-    }
+    refusal = None
+    if all(prompt in judged for prompt in prober.harmful):
+        refusal = sum(judged[prompt] for prompt in prober.harmful) / max(len(prober.harmful), 1)
+    flags = ind_flags[: len(prober.mc_docs)] if len(ind_flags) >= len(prober.mc_docs) else None
+    return {"step": job.curve_step, **prober(model, directory / "samples_curve.jsonl", refusal, flags)}
 
 
 def worker_threads(workers: int) -> int:

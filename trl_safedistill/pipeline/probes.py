@@ -124,12 +124,6 @@ def mc_correct(model, tokenizer, docs: Sequence[dict], answer_phrase: str = ANSW
     return flags
 
 
-def mc_accuracy(model, tokenizer, docs: Sequence[dict], answer_phrase: str = ANSWER_PHRASE, batch_size: int = 16) -> float:
-    """Log-likelihood multiple-choice accuracy of ``docs`` (suite documents with ``options``/``gold_index``)."""
-    flags = mc_correct(model, tokenizer, docs, answer_phrase)
-    return sum(flags) / max(len(flags), 1)
-
-
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -174,13 +168,31 @@ class Prober:
         self.max_length = max_length
         self.answer_phrase = answer_phrase
 
-    def __call__(self, model, log: Path | None = None) -> dict[str, Any]:
+    @classmethod
+    def for_run(cls, tokenizer, size, data_dir: Path, advbench: Path | str) -> Prober:
+        """The demo's prober: the first ``curve_n_*`` held-out AdvBench prompts, IND MC items of the run's
+        ``ind_mc.jsonl`` and its held-out rationales (``size`` is a :class:`~.sizes.RunSize`)."""
+        from .data import harmful_prompts, load_records, read_jsonl
+
+        return cls(tokenizer, harmful_prompts(advbench, size.curve_n_harmful),
+                   read_jsonl(Path(data_dir) / "ind_mc.jsonl")[: size.curve_n_ind],
+                   load_records(Path(data_dir) / "heldout_records.jsonl")[: size.curve_n_loss],
+                   size.safety_gen_tokens, size.eval_batch, size.max_length)
+
+    def __call__(self, model, log: Path | None = None, refusal: float | None = None,
+                 ind_flags: Sequence[float] | None = None) -> dict[str, Any]:
+        """The point; ``refusal`` (of :attr:`harmful`) and ``ind_flags`` (of :attr:`mc_docs`, in order), when already
+        measured, are used instead of being measured again."""
         was_training = model.training
         model.eval()
         try:
+            if refusal is None:
+                refusal = refusal_rate(model, self.tokenizer, self.harmful, self.gen_tokens, self.batch_size, log)
+            if ind_flags is None:
+                ind_flags = mc_correct(model, self.tokenizer, self.mc_docs, self.answer_phrase)
             return {
-                "refusal": refusal_rate(model, self.tokenizer, self.harmful, self.gen_tokens, self.batch_size, log),
-                "ind_mc_acc": mc_accuracy(model, self.tokenizer, self.mc_docs, self.answer_phrase, self.batch_size),
+                "refusal": refusal,
+                "ind_mc_acc": sum(ind_flags) / max(len(ind_flags), 1),
                 "heldout_loss": heldout_loss(model, self.tokenizer, self.loss_records, self.max_length),
                 "n_harmful": len(self.harmful),
                 "n_ind": len(self.mc_docs),

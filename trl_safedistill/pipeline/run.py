@@ -101,15 +101,10 @@ class DemoPipeline:
 
     def prober(self):
         if self._prober is None:
-            from .data import load_records, read_jsonl
             from .probes import Prober
 
-            data = self.runner.result("prepare")
-            harmful = [d["question"] for d in read_jsonl(Path(data["safety_files"]["advbench"]))][: self.size.curve_n_harmful]
-            mc_docs = read_jsonl(self.data_dir() / "ind_mc.jsonl")[: self.size.curve_n_ind]
-            loss_records = load_records(self.data_dir() / "heldout_records.jsonl")[: self.size.curve_n_loss]
-            self._prober = Prober(self.tokenizer, harmful, mc_docs, loss_records, self.size.safety_gen_tokens,
-                                  self.size.eval_batch, self.size.max_length)
+            advbench = self.runner.result("prepare")["safety_files"]["advbench"]
+            self._prober = Prober.for_run(self.tokenizer, self.size, self.data_dir(), advbench)
         return self._prober
 
     def load(self, path: str):
