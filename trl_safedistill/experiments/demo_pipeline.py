@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .methods import Method, methods_for, select
-from .progress import Progress, ProgressCallback
 from .sizes import RunSize
+from .stage_progress import Progress, StageProgressCallback
 from .stages import StageRunner
+from .variants import Method, methods_for, select
 
 ALIGN_KEYS = ("model", "load_in_4bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "align_steps", "align_batch",
               "align_lr", "align_max_length", "align_harmful", "align_benign", "gate_min_refusal", "gate_max_over_refusal",
@@ -121,7 +121,7 @@ class DemoPipeline:
     # ------------------------------------------------------------------------------------------- stages
     def stage_prepare(self, directory: Path) -> dict[str, Any]:
         from ..models import resolve_model_path
-        from .data import prepare_data
+        from .inputs import prepare_data
 
         if self.size.model == "tiny-random":
             base = str(build_tiny_model(directory / "tiny-model", self.tokenizer, self.size.seed))
@@ -133,15 +133,15 @@ class DemoPipeline:
     def stage_align(self, directory: Path) -> dict[str, Any]:
         from trl import SFTConfig
 
-        from ..align import AlignGateError, alignment_dataset, gate_verdict, measure_gate, train_alignment
-        from .evaluate import rename
+        from .align import AlignGateError, alignment_dataset, gate_verdict, measure_gate, train_alignment
+        from .eval_stage import rename
         from .training import common_args, peft_config, quantization_config
 
         size = self.size
         args = SFTConfig(**common_args(size, directory / "trainer", size.align_steps, size.align_batch, size.align_lr,
                                        max(1, size.align_steps // 4)), max_length=size.align_max_length)
         dataset = alignment_dataset(size.align_harmful, size.align_benign, size.seed)
-        callbacks = [ProgressCallback(self.progress), *self.callbacks.get("align", [])]
+        callbacks = [StageProgressCallback(self.progress), *self.callbacks.get("align", [])]
         merged = train_alignment(self.runner.result("prepare")["base_model"], self.tokenizer, args, peft_config(size), dataset,
                                  callbacks, quantization_config(size))
         model = self.load(str(merged))
@@ -158,15 +158,15 @@ class DemoPipeline:
         return {"step": 0, **point}
 
     def stage_distil(self, method: Method, directory: Path, stage: str | None = None, probe_last: bool = False) -> dict[str, Any]:
-        from .data import load_records, read_jsonl
-        from .safety_mix import mix_refusals
+        from ..data.safety_mix import mix_refusals
+        from .inputs import load_records, read_jsonl
         from .training import distil, read_curve
 
         records = load_records(self.data_dir() / "train.jsonl")
         if method.refusal_mix_fraction:
             prompts = [row["prompt"] for row in read_jsonl(self.data_dir() / "align_prompts.jsonl")]
             records = mix_refusals(records, method.refusal_mix_fraction, prompts, self.size.seed)
-        callbacks = [ProgressCallback(self.progress), *self.callbacks.get(stage or f"distil:{method.name}", [])]
+        callbacks = [StageProgressCallback(self.progress), *self.callbacks.get(stage or f"distil:{method.name}", [])]
         method = method.resolved(self.runner.result("prepare")["base_model"])
         result = distil(method, self.size, self.aligned_path(), self.tokenizer, records, directory, self.prober(), callbacks,
                         probe_last)
@@ -210,7 +210,7 @@ class DemoPipeline:
         self.runner.run_group("eval", stages, execute, workers)
 
     def stage_report(self, directory: Path) -> dict[str, Any]:
-        from .report import findings, write_report
+        from .run_report import findings, write_report
 
         metrics = self.assemble()
         metrics["findings"] = findings(metrics["models"])

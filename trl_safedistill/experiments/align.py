@@ -3,9 +3,9 @@
 Students such as the embedded default (SmolLM2-135M-Instruct refuses 3-6% of AdvBench as shipped) have little
 safety for distillation to keep. This command fine-tunes one with LoRA on
 
-* refusal answers (:data:`~trl_safedistill.pipeline.alignment_data.REFUSALS`) to the AdvBench ``align`` part
+* refusal answers (:data:`~trl_safedistill.experiments.alignment_data.REFUSALS`) to the AdvBench ``align`` part
   (:func:`trl_safedistill.data.offline.safety_split`; disjoint from every evaluated harmful prompt), mixed with
-* helpful answers to this project's benign prompts (:data:`~trl_safedistill.pipeline.alignment_data.BENIGN_QA`;
+* helpful answers to this project's benign prompts (:data:`~trl_safedistill.experiments.alignment_data.BENIGN_QA`;
   disjoint from the over-refusal evaluation prompts),
 
 then merges the adapter into a plain model folder (``{output_dir}/merged``) and checks the **gate**: the merged
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .pipeline.stages import StageError
+from .stages import StageError
 
 GATE_TASKS = ("safedistill_advbench", "safedistill_overrefusal")
 
@@ -60,8 +60,8 @@ def alignment_dataset(n_harmful: int, n_benign: int, seed: int):
     """The conversational prompt-completion dataset of the alignment SFT."""
     from datasets import Dataset
 
-    from .pipeline.alignment_data import alignment_pairs, conversational
-    from .pipeline.data import align_prompts, benign_align_answers
+    from .alignment_data import alignment_pairs, conversational
+    from .inputs import align_prompts, benign_align_answers
 
     pairs = alignment_pairs(align_prompts(), n_harmful, n_benign, seed, benign_extra=benign_align_answers())
     return Dataset.from_list(conversational(pairs))
@@ -72,7 +72,7 @@ def train_alignment(model_path: str, tokenizer, args, peft_config, dataset, call
     """SFT (LoRA) on ``dataset`` into ``args.output_dir`` (resuming from its last checkpoint), merged into ``merged/``."""
     from trl import SFTTrainer
 
-    from .pipeline.training import last_checkpoint
+    from .training import last_checkpoint
 
     output_dir = Path(args.output_dir)
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -115,7 +115,7 @@ def merge(model_path: str, adapter: Path, target: Path, tokenizer, dtype: str = 
 def measure_gate(model, tokenizer, n: int, gen_tokens: int, batch: int, sample_log: Path | None,
                  harmbench: bool = False, bootstrap_iters: int = 1000) -> dict[str, Any]:
     """Refusal of held-out harmful prompts and over-refusal of benign ones, through the evaluation suite."""
-    from .evaluation.run import evaluate_model
+    from ..evaluation.run import evaluate_model
 
     tasks = list(GATE_TASKS) + (["safedistill_harmbench"] if harmbench else [])
     result = evaluate_model(model, tokenizer, "standard", suites=("safety",), limit=n, max_gen_toks=gen_tokens,
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
     from trl import get_peft_config, get_quantization_config
 
-    from .models import load_tokenizer, resolve_model_path
+    from ..models import load_tokenizer, resolve_model_path
 
     script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
     model_path = resolve_model_path(model_args.model_name_or_path)

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .progress import Progress
+from .stage_progress import Progress
 
 
 def fingerprint(*parts: Any) -> str:

@@ -172,7 +172,7 @@ class Prober:
     def for_run(cls, tokenizer, size, data_dir: Path, advbench: Path | str) -> Prober:
         """The demo's prober: the first ``curve_n_*`` held-out AdvBench prompts, IND MC items of the run's
         ``ind_mc.jsonl`` and its held-out rationales (``size`` is a :class:`~.sizes.RunSize`)."""
-        from .data import harmful_prompts, load_records, read_jsonl
+        from .inputs import harmful_prompts, load_records, read_jsonl
 
         return cls(tokenizer, harmful_prompts(advbench, size.curve_n_harmful),
                    read_jsonl(Path(data_dir) / "ind_mc.jsonl")[: size.curve_n_ind],

@@ -82,7 +82,7 @@ def reasoning_metrics(model, tokenizer, fmt: str, size: RunSize, data_dir: Path,
     ``safedistill_*_mix_mc`` scoring item for item (tested) while running each context once, not once per option.
     ``ind_flags``, when given, receives the IND items' 0/1 results.
     """
-    from .data import read_jsonl
+    from .inputs import read_jsonl
 
     summary: dict[str, Any] = {}
     if size.n_ind_gen:

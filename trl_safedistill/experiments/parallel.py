@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .progress import Progress
 from .sizes import RunSize
+from .stage_progress import Progress
 from .stages import PendingStage
 
 
@@ -54,7 +54,7 @@ def evaluate_job(job: EvalJob, directory: Path) -> dict[str, Any]:
     """One model's stage-4 result ``{"metrics": {...}}`` (safety for students, IND and OOD accuracy, with CIs), plus
     ``"curve_point"`` when the job asks for it."""
     from ..models import load_tokenizer
-    from .evaluate import reasoning_metrics, rename, safety_metrics
+    from .eval_stage import reasoning_metrics, rename, safety_metrics
     from .training import load_model, load_student
 
     tokenizer = load_tokenizer(job.tokenizer)

@@ -20,9 +20,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from .methods import Method
 from .probes import Prober
 from .sizes import RunSize
+from .variants import Method
 
 
 def last_checkpoint(output_dir: Path) -> str | None:

@@ -19,9 +19,9 @@ def data_main(argv: list[str]) -> int:
     prepare.add_argument("--suites", default="safety,ind,ood", help="comma-separated: safety, ind, ood")
     args = parser.parse_args(argv)
 
-    from ..evaluation.prepare import SUITES, eval_dir
-    from ..evaluation.prepare import prepare as build
-    from .offline import OfflineDataError
+    from ..data.offline import OfflineDataError
+    from .prepare import SUITES, eval_dir
+    from .prepare import prepare as build
 
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     unknown = sorted(set(suites) - set(SUITES))

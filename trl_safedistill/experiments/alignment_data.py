@@ -20,20 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-REFUSALS: tuple[str, ...] = (
-    "I'm sorry, but I cannot help with that. It could cause real harm to people.",
-    "I'm sorry, I can't assist with this request. If you have any other non-malicious requests, I'm happy to help.",
-    "I cannot provide that. Helping with this would be harmful and possibly illegal.",
-    "I apologize, but I cannot support this request because it could be used to hurt others.",
-    "Sorry, but I can't provide instructions for that. Is there something safe I can help you with instead?",
-    "I'm really sorry, but I cannot help with this. It is unethical and could put people at risk.",
-    "I can't assist with that request. I cannot create content that helps someone cause harm.",
-    "My apologies, but I'm not able to provide help with this. Let me know if I can help with something else.",
-    "I'm sorry, but this request asks for something harmful, so I cannot help with it.",
-    "I cannot support that. It would be unethical and illegal, and it could hurt people.",
-    "I am sorry, but I cannot do this. Please ask me something that does not involve harming anyone.",
-    "Sorry, I cannot help with that. I'd be glad to help with a different, harmless question.",
-)
+from ..data.safety_mix import REFUSALS
 
 BENIGN_QA: tuple[tuple[str, str], ...] = (
     ("What is the capital of France?", "The capital of France is Paris."),

@@ -17,7 +17,7 @@ one; a killed run resumes the interrupted stage from its last checkpoint):
 3. ``curve0`` and ``distil:<method>``: every method from the aligned start, same data, steps and seed.
 4. ``eval:<model>``: the evaluation suite on the aligned start and every student (bootstrap 95% CIs), two models at
    a time in worker processes on a CPU (``--set eval_workers=1``: one after the other in this process).
-5. ``report``: ``metrics.json`` (schema: ``trl_safedistill/pipeline/schema.json``), ``report.md`` and PNGs.
+5. ``report``: ``metrics.json`` (schema: ``trl_safedistill/experiments/schema.json``), ``report.md`` and PNGs.
 
 Generated responses to harmful prompts are written to sample logs in the run folder, never to the console.
 """
@@ -31,8 +31,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .pipeline.sizes import SIZES, get_size
-from .pipeline.stages import StageError
+from .sizes import SIZES, get_size
+from .stages import StageError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from .pipeline.run import DemoPipeline
+    from .demo_pipeline import DemoPipeline
 
     force: bool | set[str] = True if args.force else set(args.force_stage)
     run_dir = Path(args.output_dir or f"runs/demo-{size.name}")

@@ -91,7 +91,7 @@ class Progress:
         )
 
 
-class ProgressCallback(TrainerCallback):
+class StageProgressCallback(TrainerCallback):
     """Reports every optimizer step of a training stage to :class:`Progress` (resumed steps included)."""
 
     def __init__(self, progress: Progress, extra: Callable[[], float] | None = None):

@@ -50,9 +50,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .pipeline.methods import Method
-from .pipeline.sizes import SIZES, get_size
-from .pipeline.stages import StageError, write_json
+from .sizes import SIZES, get_size
+from .stages import StageError, write_json
+from .variants import Method
 
 #: The shipped sweep: a union of product grids (one per slow-tuning rule, since their budgets mean different things).
 DEFAULT_GRIDS: list[dict[str, list[float | str]]] = [
@@ -143,9 +143,9 @@ def setting_config(setting: dict[str, float | str]) -> dict[str, Any]:
     ``entropy_mask_quantile`` 0 switches masking off (else mode ``fraction``) unless ``entropy_mask_threshold`` is
     on the grid (then mode ``threshold``); ``slow_tuning_budget`` 0 switches slow tuning off (else
     ``slow_tuning_rule``, default ``project``). ``slow_tuning_unit: reference`` and the ``direction`` rule measure
-    against the run's pre-alignment weights (:data:`~.pipeline.methods.PRE_ALIGNMENT`).
+    against the run's pre-alignment weights (:data:`~.variants.PRE_ALIGNMENT`).
     """
-    from .pipeline.methods import PRE_ALIGNMENT
+    from .variants import PRE_ALIGNMENT
 
     config: dict[str, Any] = {"distill_format": "standard", **setting}
     if "entropy_mask_threshold" in setting:
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"trl-safedistill sweep: {error}", file=sys.stderr)
         return 2
-    from .pipeline.run import DemoPipeline
+    from .demo_pipeline import DemoPipeline
 
     run_dir = Path(args.output_dir or f"runs/demo-{size.name}")
     settings = grid_settings(grid)
@@ -299,9 +299,9 @@ def _score(pipeline, identifier: str) -> dict[str, Any]:
     ``safety_gen_tokens`` tokens, GCG rule. The curve's ``curve_n_harmful`` prompts are too few for the 5-point
     tolerance: on 16 prompts one response is 6.25 points. Responses go to the stage's sample log only.
     """
-    from .pipeline.data import harmful_prompts
-    from .pipeline.probes import refusal_rate
-    from .pipeline.training import load_student
+    from .inputs import harmful_prompts
+    from .probes import refusal_rate
+    from .training import load_student
 
     size, runner = pipeline.size, pipeline.runner
     stage = f"sweep:{identifier}"
