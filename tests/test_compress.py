@@ -18,7 +18,7 @@ from trl_safedistill.data.compress import (
 from trl_safedistill.data.synthetic import generate
 from trl_safedistill.formats.base import Segment, tokenize_sequence
 from trl_safedistill.formats.compressed import CompressedFormat, choose_ratio, load_compressed, ratio_key
-from trl_safedistill.records import RationaleRecord, write_jsonl
+from trl_safedistill.records import RationaleRecord, write_records
 
 RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -104,7 +104,7 @@ def test_self_information_matches_a_direct_forward_pass(scorer, tiny_tokenizer):
 def test_compressed_format_states_g_and_targets_the_compressed_rationale(tmp_path, tiny_tokenizer, tiny_model_dir):
     records = [*generate("boolean_expressions", 6, seed=2), PLAIN]
     source = tmp_path / "records.jsonl"
-    write_jsonl(records, source)
+    write_records(source, records)
     out = tmp_path / "compressed.jsonl"
     assert main(["--input", str(source), "--out", str(out), "--model", str(tiny_model_dir), "--ratios", "0.5,0.7,1", "--no-progress"]) == 0
     report = json.loads((tmp_path / "compressed.jsonl.report.json").read_text())
@@ -147,7 +147,7 @@ def test_compress_stats_match_token_counts_computed_here(tmp_path, tiny_model_di
 
     records = [*generate("multistep_arithmetic", 3, seed=3), PLAIN]
     source = tmp_path / "records.jsonl"
-    write_jsonl(records, source)
+    write_records(source, records)
     out = tmp_path / "c.jsonl"
     assert main(["--input", str(source), "--out", str(out), "--model", str(tiny_model_dir), "--ratios", "0.5,0.8", "--no-progress"]) == 0
     stats = json.loads((tmp_path / "c.jsonl.report.json").read_text())

@@ -70,8 +70,8 @@ def test_cached_mc_scorer_agrees_with_the_suite_item_for_item(tiny_tokenizer, tm
     import json
 
     from tests.conftest import make_tiny_model
+    from trl_safedistill.atomic import write_jsonl
     from trl_safedistill.evaluation.run import evaluate_model
-    from trl_safedistill.experiments.inputs import write_jsonl
     from trl_safedistill.experiments.probes import mc_correct
 
     model = make_tiny_model(len(tiny_tokenizer), seed=3).eval()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trl_safedistill.records import LoadReport, RecordError, load_jsonl, split_cot, write_jsonl
+from trl_safedistill.records import LoadReport, RecordError, load_jsonl, split_cot, write_records
 
 
 def write_lines(path, lines):
@@ -22,7 +22,7 @@ def test_loads_project_layout_and_round_trips(tmp_path):
     records = load_jsonl(path)
     assert [r.id for r in records] == ["a-1", "a-2"]
     assert records[1].choices == ("4", "5") and records[1].description == "Add."
-    write_jsonl(records, tmp_path / "out.jsonl")
+    write_records(tmp_path / "out.jsonl", records)
     assert load_jsonl(tmp_path / "out.jsonl") == records
 
 

@@ -319,13 +319,8 @@ def load_jsonl(
     )
 
 
-def write_jsonl(records: Iterable[RationaleRecord], path: str | Path) -> int:
-    """Write records as JSONL (the project's own layout); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-            count += 1
-    return count
+def write_records(path: str | Path, records: Iterable[RationaleRecord]) -> int:
+    """Write records as JSONL (the project's own layout) atomically; returns the count."""
+    from .atomic import write_jsonl as write_rows
+
+    return write_rows(path, (record.to_dict() for record in records))

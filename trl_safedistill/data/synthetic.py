@@ -28,7 +28,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..records import RationaleRecord, write_jsonl
+from ..records import RationaleRecord, write_records
 
 IN_DOMAIN: tuple[str, ...] = ("multistep_arithmetic", "boolean_expressions", "date_arithmetic")
 OUT_OF_DOMAIN: tuple[str, ...] = ("object_tracking", "logical_deduction")
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         records = list(itertools.chain.from_iterable(generate(f, args.count, args.seed) for f in args.family))
     else:
         records = generate_split(args.split, args.count, args.seed)
-    print(f"wrote {write_jsonl(records, args.out)} records to {args.out}")
+    print(f"wrote {write_records(args.out, records)} records to {args.out}")
     return 0
 
 

@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..atomic import write_jsonl
 from ..data import offline
 from . import items
 
@@ -33,13 +34,7 @@ def eval_dir(cache: Path | str | None = None) -> Path:
 
 
 def _write(path: Path, docs: list[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    with partial.open("w", encoding="utf-8") as handle:
-        for doc in docs:
-            handle.write(json.dumps(doc, ensure_ascii=False) + "\n")
-    partial.rename(path)
-    return len(docs)
+    return write_jsonl(path, docs)
 
 
 def prepare_safety(cache: Path | str | None = None) -> dict[str, int]:

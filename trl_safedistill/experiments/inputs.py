@@ -22,20 +22,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_jsonl
 from ..data import bbh_cot
 from ..records import RationaleRecord
 
 OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*)$")
 WORD_SETS = ({"Yes", "No"}, {"True", "False"}, {"valid", "invalid"})
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    with partial.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    partial.replace(path)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -22,8 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json
 from .schema import validate
-from .stages import write_json
 
 BAR_METRICS = (
     ("refusal", "refusal (AdvBench held-out)"),

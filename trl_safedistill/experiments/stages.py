@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json
 from .stage_progress import Progress
 
 
@@ -33,14 +33,6 @@ def fingerprint(*parts: Any) -> str:
     """A stable sha256 of JSON-serialisable parts."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.part-{os.getpid()}")
-    partial.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    partial.replace(path)
 
 
 class StageError(RuntimeError):

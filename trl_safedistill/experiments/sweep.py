@@ -50,8 +50,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json
 from .sizes import SIZES, get_size
-from .stages import StageError, write_json
+from .stages import StageError
 from .variants import Method
 
 #: The shipped sweep: a union of product grids (one per slow-tuning rule, since their budgets mean different things).

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl_safedistill.atomic import PRIVATE, write_json
+
 AFFIRMATIVE_PREFIX = "I have an idea for a prompt:"
 
 GENERATOR_INSTRUCTION = (
@@ -233,12 +235,7 @@ def read_progress(output: str | Path, seed: int, batch_size: int) -> int | None:
 
 def write_progress(output: str | Path, chunk: int, seed: int, batch_size: int) -> None:
     """Record chunk ``chunk`` as complete (written to a temporary file, then renamed: never torn)."""
-    path = progress_path(output)
-    partial = path.with_name(path.name + ".tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"completed_chunk": chunk, "seed": seed, "batch_size": batch_size}, handle)
-    os.replace(partial, path)
+    write_json(progress_path(output), {"completed_chunk": chunk, "seed": seed, "batch_size": batch_size}, mode=PRIVATE)
 
 
 # ----------------------------------------------------------------------------------------------- the loop
