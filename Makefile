@@ -21,6 +21,7 @@ test: setup
 
 lint:
 	$(BIN)/ruff check trl_safedistill tests benchmarks eval_tasks
+	$(BIN)/lint-imports
 
 train-embedded: setup
 	$(BIN)/trl-safedistill train --config recipes/embedded-default/cascade.yaml

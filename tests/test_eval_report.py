@@ -29,16 +29,6 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_n():
-    small = bootstrap_ci([1, 0] * 5, iters=2000)
-    large = bootstrap_ci([1, 0] * 200, iters=2000)
-    assert small["value"] == large["value"] == 0.5
-    assert small["ci"][0] < 0.5 < small["ci"][1]
-    assert (large["ci"][1] - large["ci"][0]) < (small["ci"][1] - small["ci"][0]) / 3
-    assert bootstrap_ci([1, 1, 1])["ci"] == [1.0, 1.0]
-    assert bootstrap_ci([]) == {"value": None, "ci": None, "n": 0}
-
-
 class FakeGuard:
     """Scores every pair unsafe iff the response is not a refusal (a stand-in for trl_safedistill.guard)."""
 
@@ -235,7 +225,8 @@ def test_compression_section_numbers_match_hand_computed_values(tmp_path):
     assert ind["diff"] == pytest.approx(-0.25)
     # paired by id: a 1-1, b 0-0, c 0-1, d 1-1 -> d = [0, 0, -1, 0]; never positive, so the CI's top is 0
     assert ind["diff_ci"] == bootstrap_ci([0.0, 0.0, -1.0, 0.0], 500)["ci"]
-    assert ind["diff_ci"][1] == 0.0 and -1.0 <= ind["diff_ci"][0] < 0.0
+    # by hand: mean(d*) = -j/4 with j ~ Bin(4, 1/4); P(j = 0) = 0.32 -> top 0; P(j <= 2) = 0.95 < 0.975 -> bottom -3/4
+    assert ind["diff_ci"] == pytest.approx([-0.75, 0.0])
     ood = half["metrics"]["ood_acc"]
     assert (ood["value"], ood["baseline"], ood["diff"], ood["diff_ci"]) == (0.0, 0.5, -0.5, None)
     assert ood["diff_ci_note"] == NO_ITEMS_NOTE and ood["ci"] == [0.0, 0.0] and ood["baseline_ci"] == [0.0, 1.0]
@@ -244,6 +235,7 @@ def test_compression_section_numbers_match_hand_computed_values(tmp_path):
     assert "ood_mc_acc" not in half["metrics"]  # measured in neither row
     assert full["metrics"]["ind_acc"]["diff"] == pytest.approx(0.25)
     assert full["metrics"]["ind_acc"]["diff_ci"] == bootstrap_ci([0.0, 1.0, 0.0, 0.0], 500)["ci"]
+    assert full["metrics"]["ind_acc"]["diff_ci"] == pytest.approx([0.0, 0.75])  # the mirror image of the above
     assert (full["metrics"]["ood_acc"]["value"], full["metrics"]["ood_acc"]["baseline"]) == (None, 0.5)
     assert full["metrics"]["ood_acc"]["diff"] is None  # not measured in the compressed row: no difference
 

@@ -102,3 +102,20 @@ def test_hub_only_tasks_are_skipped_offline_with_a_reason():
     assert "safedistill_agieval_en" in online_tasks and none == {}
     with pytest.raises(ValueError, match="unknown suite"):
         plan_tasks(["safety", "bogus"])
+
+
+def test_agieval_document_ids_are_the_same_in_every_process():
+    """Ids come from a content hash, not Python's salted hash(): two processes with different hash seeds agree."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from datasets import Dataset; from trl_safedistill.evaluation.tasks import agieval_process_docs; "
+            "rows = agieval_process_docs(Dataset.from_list([{'query': 'Q: Which? A: Among A through B, the answer is', "
+            "'choices': ['(A)one', '(B)two'], 'gold': [1]}])); print(rows[0]['id'])")
+    ids = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip().splitlines()[-1]
+        for seed in ("1", "2", "3")
+    }
+    assert len(ids) == 1 and len(next(iter(ids))) == 16

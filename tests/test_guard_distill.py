@@ -115,3 +115,63 @@ def test_distill_end_to_end_with_a_tiny_bert_then_judge(tmp_path, bert_tokenizer
     scores = judge.score([("q", "Sure, here is how you do it."), ("q", "I'm sorry, I can't help with that.")])
     assert scores[0] > 0.5 > scores[1]
     assert harmful_rate(scores) == 0.5
+
+
+# ------------------------------------------------------------------------------ no silent student fallback
+
+
+def _raise(error: BaseException):
+    def from_pretrained(*args, **kwargs):
+        raise error
+
+    return from_pretrained
+
+
+def test_auto_student_that_fails_to_load_is_an_error_naming_model_and_cause(monkeypatch):
+    """A broken DeBERTa (here: an unreadable cached config) must not silently become MiniLM."""
+    import transformers
+
+    from trl_safedistill.guard import distill
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        _raise(ValueError("Unrecognized model in microsoft/deberta-v3-large: no model_type")))
+    with pytest.raises(RuntimeError) as caught:
+        chosen = distill.resolve_student("auto")
+        pytest.fail(f"resolve_student('auto') fell back to {chosen} on a non-offline error")
+    message = str(caught.value)
+    assert type(caught.value).__name__ == "StudentLoadError"
+    assert distill.DEBERTA in message and "ValueError" in message and "no model_type" in message
+    assert "minilm-embedded" in message and "\n" not in message  # the fix, on one line
+
+
+def test_auto_student_uses_minilm_only_when_the_hub_is_unreachable(monkeypatch, capsys):
+    """The documented offline case: DeBERTa not cached and the hub unreachable -> the embedded MiniLM, said so."""
+    import transformers
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from trl_safedistill.guard import distill
+
+    def offline(*args, **kwargs):
+        try:
+            raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
+        except LocalEntryNotFoundError as error:  # transformers wraps it as here (utils/hub.py)
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from error
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    assert distill.resolve_student("auto") == str(minilm_embedded_path())
+    assert "offline" in capsys.readouterr().err
+    # asked for by name: no hub call at all
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", _raise(AssertionError("hub called")))
+    assert distill.resolve_student("minilm-embedded") == str(minilm_embedded_path())
+
+
+def test_student_folder_that_fails_to_load_is_an_error_naming_it(tmp_path):
+    from trl_safedistill.guard import distill
+
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(RuntimeError) as caught:
+        distill.load_student(str(folder))
+    assert type(caught.value).__name__ == "StudentLoadError"
+    assert str(folder) in str(caught.value) and "failed to load" in str(caught.value)

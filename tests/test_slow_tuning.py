@@ -361,3 +361,45 @@ def test_reference_location_paths_and_an_unreachable_hub_id(tmp_path, monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model"):
         reference_location("no-such-org/no-such-model")
+
+
+def _logged_steps(out) -> list[int]:
+    return [json.loads(x)["step"] for x in (out / DRIFT_LOG_FILE).read_text().splitlines()]
+
+
+def test_drift_log_is_per_run_fresh_runs_replace_it_and_a_resume_continues_it(tmp_path):
+    """Rerunning into the same folder never appends a second run; resuming keeps each step exactly once."""
+    slowed = SLowEDArguments(slow_tuning_rule="project", slow_tuning_budget=BUDGET)
+    save = dict(save_strategy="steps", save_steps=2)
+    run(make_tiny_model(VOCAB), training_args(tmp_path, 4, **save), slowed)
+    first = (tmp_path / DRIFT_LOG_FILE).read_text().splitlines()
+    _, second, _ = run(make_tiny_model(VOCAB, seed=3), training_args(tmp_path, 4, **save), slowed)  # fresh again
+    assert _logged_steps(tmp_path) == [1, 2, 3, 4]  # one run, not 1..4 twice
+    rows = [json.loads(x) for x in (tmp_path / DRIFT_LOG_FILE).read_text().splitlines()]
+    assert [r["drift_max"] for r in rows] == pytest.approx([h["drift_max"] for h in second.history])
+    assert (tmp_path / DRIFT_LOG_FILE).read_text().splitlines() != first  # the second run's rows, not the first's
+
+    # resume the second run from its step-2 checkpoint: rows 3..4 are rewritten once, never duplicated
+    _, resumed, _ = run(make_tiny_model(VOCAB, seed=3), training_args(tmp_path, 4, **save), slowed,
+                        resume=str(tmp_path / "checkpoint-2"))
+    assert _logged_steps(tmp_path) == [1, 2, 3, 4]
+    resumed_rows = [json.loads(x) for x in (tmp_path / DRIFT_LOG_FILE).read_text().splitlines()]
+    assert resumed_rows[:2] == rows[:2]  # kept from the checkpoint's run
+    assert [r["drift_max"] for r in resumed_rows] == pytest.approx([h["drift_max"] for h in resumed.history])
+
+
+def test_drift_log_resume_of_a_mixed_legacy_log_keeps_only_the_last_run(tmp_path):
+    """A log written before the per-run rule (two runs appended) is cut to the last run's rows up to the step."""
+    from trl_safedistill.methods.slow_tuning import log as drift_log
+
+    rows = [{"step": s, "run": "old"} for s in (1, 2, 3, 4)] + [{"step": s, "run": "new"} for s in (1, 2, 3)]
+    (tmp_path / DRIFT_LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drift_log.resume(str(tmp_path), str(tmp_path / "checkpoint-2"), 2)
+    kept = [json.loads(x) for x in (tmp_path / DRIFT_LOG_FILE).read_text().splitlines()]
+    assert kept == [{"step": 1, "run": "new"}, {"step": 2, "run": "new"}]
+    # resuming into another folder takes the rows from the log beside the checkpoint, never mixing the two
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / DRIFT_LOG_FILE).write_text(json.dumps({"step": 9, "run": "unrelated"}) + "\n")
+    drift_log.resume(str(other), str(tmp_path / "checkpoint-2"), 1)
+    assert [json.loads(x) for x in (other / DRIFT_LOG_FILE).read_text().splitlines()] == [{"step": 1, "run": "new"}]

@@ -18,18 +18,21 @@ try:  # tests/ is a package in this repository; the fallback keeps the module ru
 except ImportError:  # pragma: no cover
     from test_teacher_fakes import FakeTeacher, expected_status, write_questions
 
-from trl_safedistill.data.answers import answers_match, extract_answer
+from trl_safedistill.answers import answers_match, split_completion
 from trl_safedistill.data.ledger import Ledger
-from trl_safedistill.data.openai_client import ClientConfig, OpenAIClient, RequestFailed
+from trl_safedistill.data.local_server import free_port
+from trl_safedistill.data.openai_client import ClientConfig, RequestFailed, TeacherClient
 from trl_safedistill.data.questions import Question, load_questions
-from trl_safedistill.data.teacher import TeacherConfig, build_messages, build_prompt, judge, main, run_teacher
+from trl_safedistill.data.teacher.cli import main
+from trl_safedistill.data.teacher.prompts import build_messages, build_prompt
+from trl_safedistill.data.teacher.run import TeacherConfig, TeacherStopped, judge, run_teacher
 from trl_safedistill.records import RecordError, load_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def config(base_url: str, **overrides) -> TeacherConfig:
-    values = dict(base_url=base_url, model="fake-teacher", concurrency=4, timeout=5, retries=3, backoff=0.01, progress=False)
+    values = dict(base_url=base_url, model="fake-teacher", concurrency=4, timeout=5, retries=3, progress=False)
     values.update(overrides)
     return TeacherConfig(**values)
 
@@ -77,7 +80,7 @@ def test_filter_keeps_exactly_the_correct_rationales_on_a_hand_made_set():
     assert judge(q, 0, "x\nTherefore, the answer is 6.", cfg).status == "wrong"
     record = judge(q, 0, "2 + 3 = 5.\nTherefore, the answer is 5.", cfg).record
     assert record.rationale == "2 + 3 = 5." and record.answer == "5"
-    assert extract_answer("r\nThe final: Z", "The final:") == ("r", "Z")
+    assert split_completion("r\nThe final: Z", "The final:") == ("r", "Z")
     assert not answers_match("red", "dark red")
 
 
@@ -123,7 +126,7 @@ def test_keep_first_stops_at_the_first_correct_sample(tmp_path):
 def test_server_failing_the_first_requests_still_yields_every_record(tmp_path, failures):
     rows = write_questions(tmp_path / "q.jsonl", 8)
     fail_first = 3
-    with FakeTeacher(fail_first=fail_first, failures=failures, timeout_sleep=0.6) as teacher:
+    with FakeTeacher(fail_first=fail_first, failures=failures, timeout_sleep=0.6, retry_after="0.01") as teacher:
         cfg = config(teacher.base_url, concurrency=1, timeout=0.3, retries=fail_first, endpoint="completions")
         result = run_teacher(load_questions(str(tmp_path / "q.jsonl")), tmp_path / "out.jsonl", cfg)
         assert teacher.requests == len(rows) + fail_first
@@ -142,13 +145,94 @@ def test_failures_beyond_the_retry_budget_are_counted_and_retried_on_resume(tmp_
     assert sorted(keys(tmp_path / "out.jsonl")) == sorted(expected_kept(rows, 1, "first"))
 
 
+def _chat(client: TeacherClient) -> str:
+    return client.chat([{"role": "user", "content": "Q: What is 1 plus 2?"}], seed=0)
+
+
+def test_client_waits_the_servers_retry_after_on_429_then_succeeds():
+    with FakeTeacher(fail_first=1, failures=(429,), retry_after="1.5") as teacher:
+        assert _chat(TeacherClient(ClientConfig(teacher.base_url, "fake-teacher", retries=2))).endswith("the answer is 3.")
+        assert teacher.requests == 2
+        # the SDK's own first backoff is at most 0.5 s: a gap of 1.5 s is the server's Retry-After
+        assert teacher.arrivals[1] - teacher.arrivals[0] >= 1.4
+
+
+def test_client_backs_off_after_a_500_then_succeeds():
+    with FakeTeacher(fail_first=1, failures=(500,)) as teacher:
+        assert _chat(TeacherClient(ClientConfig(teacher.base_url, "fake-teacher", retries=2))).endswith("the answer is 3.")
+        assert teacher.requests == 2
+        assert teacher.arrivals[1] - teacher.arrivals[0] >= 0.3  # backoff 0.5 s less up to 25% jitter
+
+
+def test_client_gives_up_after_its_retries():
+    with FakeTeacher(fail_first=10, failures=(503,), retry_after="0.01") as teacher:
+        with pytest.raises(RequestFailed, match=r"chat/completions: HTTP 503 \(try again\) after 3 attempts") as failed:
+            _chat(TeacherClient(ClientConfig(teacher.base_url, "fake-teacher", retries=2)))
+        assert teacher.requests == 3 and failed.value.status == 503 and not failed.value.unreachable
+
+
 def test_client_does_not_retry_a_client_error():
     with FakeTeacher() as teacher:
-        client = OpenAIClient(ClientConfig(teacher.base_url, "wrong-model", retries=3, backoff=0.01))
-        with pytest.raises(RequestFailed, match="HTTP 400"):
-            client.chat([{"role": "user", "content": "Q: What is 1 plus 2?"}])
-        assert teacher.requests == 1
-        assert OpenAIClient(ClientConfig(teacher.base_url)).list_models() == ["fake-teacher"]
+        client = TeacherClient(ClientConfig(teacher.base_url, "wrong-model", retries=3))
+        began = time.monotonic()
+        with pytest.raises(RequestFailed, match=r"HTTP 400 \(bad request\) \(not retried\)"):
+            _chat(client)
+        assert teacher.requests == 1 and time.monotonic() - began < 1
+        assert TeacherClient(ClientConfig(teacher.base_url)).list_models() == ["fake-teacher"]
+
+
+# ----------------------------------------------------------------------------- failing fast
+
+
+def test_teach_against_a_closed_port_stops_at_once_keeping_the_output(tmp_path, capsys):
+    """The issue's case: no server at the URL. Before, 4 questions took 28 s of retries (40 took 125 s)."""
+    write_questions(tmp_path / "q.jsonl", 12)
+    out = tmp_path / "o.jsonl"
+    common = ["--questions", str(tmp_path / "q.jsonl"), "--out", str(out), "--fewshot", "none", "--no-progress"]
+    with FakeTeacher() as teacher:
+        assert main([*common, "--base-url", teacher.base_url, "--model", "fake-teacher", "--limit", "6"]) == 0
+    written = {path: path.read_bytes() for path in (out, tmp_path / "o.jsonl.ledger.jsonl")}
+    assert written[out]
+    capsys.readouterr()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    for model in (["--model", "fake-teacher"], []):  # with a model, and asking the server for it
+        began = time.monotonic()
+        assert main([*common, "--base-url", dead, *model]) == 1
+        assert time.monotonic() - began < 3
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert dead in err and "Connection refused" in err
+        assert f"6 of 12 questions done, {len(written[out].splitlines())} records kept in {out}" in err
+        assert {path: path.read_bytes() for path in written} == written  # nothing lost, nothing added
+
+
+def test_a_server_that_breaks_mid_run_stops_the_run_and_it_resumes(tmp_path):
+    rows = write_questions(tmp_path / "q.jsonl", 40)
+    questions = load_questions(str(tmp_path / "q.jsonl"))
+    out = tmp_path / "o.jsonl"
+    cfg = config("", concurrency=1, retries=1, max_consecutive_failures=3)
+    with FakeTeacher(fail_after=10, failures=(503,), retry_after="0.01") as teacher:
+        cfg.base_url = teacher.base_url
+        with pytest.raises(TeacherStopped, match=r"3 requests in a row failed at .*HTTP 503 \(try again\) after 2 attempts") as stop:
+            run_teacher(questions, out, cfg)
+        assert teacher.requests == 10 + 3 * 2  # the 10 answered, then 3 requests of 2 attempts, then no more
+    assert "10 of 40 questions done" in str(stop.value)
+    kept_before = out.read_text()
+    assert len(kept_before.splitlines()) == len(expected_kept(rows[:10], 1, "first"))
+    with FakeTeacher() as teacher:  # the server is back: the same call finishes the job
+        cfg.base_url = teacher.base_url
+        result = run_teacher(questions, out, cfg)
+        assert teacher.answered == 30
+    assert out.read_text().startswith(kept_before) and result.totals["failed"] == 0
+    assert sorted(keys(out)) == sorted(expected_kept(rows, 1, "first"))
+
+
+def test_failures_that_are_not_consecutive_do_not_stop_the_run(tmp_path):
+    rows = write_questions(tmp_path / "q.jsonl", 6)
+    with FakeTeacher(fail_first=2, failures=(400,)) as teacher:  # two permanent failures, then answers
+        result = run_teacher(load_questions(str(tmp_path / "q.jsonl")), tmp_path / "o.jsonl",
+                             config(teacher.base_url, concurrency=1, max_consecutive_failures=3))
+    assert result.totals["failed"] == 2 and result.totals["kept"] == len(expected_kept(rows[2:], 1, "first"))
 
 
 # ----------------------------------------------------------------------------- resumption
@@ -167,7 +251,7 @@ def test_ledger_repairs_a_torn_line_and_adopts_an_orphan_record(tmp_path):
 def _teach_command(questions: Path, out: Path, base_url: str) -> list[str]:
     return [sys.executable, "-m", "trl_safedistill.cli", "teach", "--questions", str(questions), "--out", str(out),
             "--base-url", base_url, "--model", "fake-teacher", "--n", "3", "--keep", "first", "--concurrency", "3",
-            "--fewshot", "none", "--no-progress", "--backoff", "0.01"]
+            "--fewshot", "none", "--no-progress"]
 
 
 def test_kill_and_resume_yields_exactly_the_uninterrupted_records(tmp_path):
@@ -237,6 +321,7 @@ def test_cli_uses_environment_and_the_served_model(tmp_path, monkeypatch, capsys
         monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
         monkeypatch.delenv("OPENAI_MODEL", raising=False)
         code = main(["--questions", str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "o.jsonl"), "--no-progress"])
+        assert {h.get("authorization") for h in teacher.headers} == {"Bearer sk-local"}
     err = capsys.readouterr().err
     assert code == 0
     assert "kept" in err and "unparseable" in err and "t0" in err

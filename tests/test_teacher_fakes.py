@@ -7,8 +7,11 @@ Questions are ``What is A plus B?``. The reply to sample seed ``s`` depends only
 * otherwise the correct answer.
 
 It can misbehave on purpose: the first ``fail_first`` requests answer with the statuses in ``failures``
-(cycled), where ``"timeout"`` sleeps past the client's timeout before answering, and every reply can
-be delayed by ``delay`` seconds. Other test modules import :class:`FakeTeacher` from here.
+(cycled), where ``"timeout"`` sleeps past the client's timeout before answering; with ``fail_after=K``
+every request after the first K answers fails the same way (a server that broke mid-run). A failing
+status carries ``Retry-After: retry_after`` when that is set. Every reply can be delayed by ``delay``
+seconds. ``arrivals`` holds the ``time.monotonic()`` of every POST and ``headers`` their headers
+(lower-case names). Other test modules import :class:`FakeTeacher` from here.
 """
 
 from __future__ import annotations
@@ -42,10 +45,21 @@ def reply_text(a: int, b: int, seed: int) -> str:
 class FakeTeacher:
     """Start with ``with FakeTeacher(...) as teacher:``; ``teacher.base_url`` ends with ``/v1``."""
 
-    def __init__(self, fail_first: int = 0, failures: tuple = (429,), delay: float = 0.0, timeout_sleep: float = 1.0):
+    def __init__(
+        self,
+        fail_first: int = 0,
+        failures: tuple = (429,),
+        delay: float = 0.0,
+        timeout_sleep: float = 1.0,
+        retry_after: str | None = None,
+        fail_after: int | None = None,
+    ):
         self.fail_first, self.failures, self.delay, self.timeout_sleep = fail_first, failures, delay, timeout_sleep
+        self.retry_after, self.fail_after = retry_after, fail_after
         self.requests = 0
         self.answered = 0
+        self.arrivals: list[float] = []
+        self.headers: list[dict] = []
         self.lock = threading.Lock()
         teacher = self
 
@@ -80,13 +94,17 @@ class FakeTeacher:
                 with teacher.lock:
                     teacher.requests += 1
                     number = teacher.requests
-                if number <= teacher.fail_first:
+                    teacher.arrivals.append(time.monotonic())
+                    teacher.headers.append({key.lower(): value for key, value in self.headers.items()})
+                    broken = teacher.fail_after is not None and teacher.answered >= teacher.fail_after
+                if number <= teacher.fail_first or broken:
                     failure = teacher.failures[(number - 1) % len(teacher.failures)]
                     if failure == "timeout":
                         time.sleep(teacher.timeout_sleep)
                         self._send(200, {"choices": []})
                     else:
-                        self._send(int(failure), {"error": {"message": "try again"}}, {"Retry-After": "0"})
+                        retry_after = {} if teacher.retry_after is None else {"Retry-After": teacher.retry_after}
+                        self._send(int(failure), {"error": {"message": "try again"}}, retry_after)
                     return
                 if teacher.delay:
                     time.sleep(teacher.delay)

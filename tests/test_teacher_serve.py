@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from trl_safedistill.data.local_server import local_teacher
-from trl_safedistill.data.openai_client import ClientConfig, OpenAIClient
 from trl_safedistill.data.questions import load_questions
-from trl_safedistill.data.teacher import TeacherConfig, load_fewshot, run_teacher
+from trl_safedistill.data.teacher.prompts import load_fewshot
+from trl_safedistill.data.teacher.run import TeacherConfig, run_teacher
 
 pytestmark = pytest.mark.slow
 STARTUP_SECONDS = 180
@@ -55,10 +55,9 @@ def test_teach_against_transformers_serve(served, question_files, tmp_path, endp
     questions = load_questions(str(questions_path), limit=count)
     config = TeacherConfig(base_url=served, endpoint=endpoint, max_tokens=16, shots=2, concurrency=2, timeout=150,
                            retries=1, progress=False)
-    client = OpenAIClient(ClientConfig(served, timeout=150, retries=1))
-    (client.config.model,) = client.list_models()  # the served model's name, as `teach` finds it without --model
+    assert config.model is None  # run_teacher asks the server for its one model, as `teach` without --model does
     out = tmp_path / f"{endpoint}.jsonl"
-    result = run_teacher(questions, out, config, load_fewshot(str(shots_path)), client=client)
+    result = run_teacher(questions, out, config, load_fewshot(str(shots_path)))
     totals = result.totals
     assert result.requests == count and totals["failed"] == 0
     assert sum(totals.values()) == count
@@ -69,7 +68,7 @@ def test_teach_against_transformers_serve(served, question_files, tmp_path, endp
     for row in kept:  # what the filter kept really concludes the gold answer
         gold = next(q["answer"] for q in QUESTIONS if q["id"] == row["id"])
         assert row["answer"] == gold
-    again = run_teacher(questions, out, config, load_fewshot(str(shots_path)), client=client)
+    again = run_teacher(questions, out, config, load_fewshot(str(shots_path)))
     assert again.requests == 0 and again.totals == totals  # a finished run resumes to nothing
 
 

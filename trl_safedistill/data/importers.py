@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..answers import answers_match
 from ..records import (
     COMMON_COLUMNS,
     DEFAULT_ANSWER_PHRASES,
@@ -32,7 +33,6 @@ from ..records import (
     read_jsonl_rows,
     validate_rows,
 )
-from .answers import answers_match
 
 LIST_KEYS = ("outputs", "examples")
 GOLD_COLUMNS = ("target", "gold", "label", "answer")

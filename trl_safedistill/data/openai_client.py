@@ -1,49 +1,56 @@
-"""A small, dependency-free client for OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions``.
+"""The teacher's connection: the ``openai`` SDK's client for any OpenAI-compatible server.
 
-Standard library only (``urllib``), thread-safe (one connection per request), so a thread pool gives
-bounded concurrency. Retries: a request that times out, cannot connect, or answers 429 or 5xx is
-retried up to ``retries`` times with capped exponential backoff and jitter,
-``delay_k = min(max_backoff, backoff * 2**k) * U(0.5, 1)``, or the server's ``Retry-After`` (capped) when
-it sends one. Other 4xx answers are not retried (a wrong model name does not fix itself).
+``teach`` needs three calls, ``GET /models``, ``POST /chat/completions`` and ``POST /completions``; the
+SDK (``openai.OpenAI``) makes them, thread-safe (one client serves the whole thread pool), with its own
+timeouts and retries: a request that times out, cannot connect, or answers 408, 409, 429 or 5xx is
+retried up to ``retries`` times, after the server's ``Retry-After`` when it sends one (up to two
+minutes), else after an exponential backoff with jitter (0.5 s doubling to 8 s). Other 4xx answers
+fail at once (a wrong model name does not fix itself).
 
-Requests to loopback hosts bypass any proxy configured in the environment.
+This module only adapts the SDK to what ``teach`` needs: the first choice's text, and every failure
+as one :class:`RequestFailed` with a short reason (status code or connection error, never response
+text). Requests to loopback hosts ignore any proxy configured in the environment.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import random
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import openai
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-RETRY_STATUS = frozenset({408, 409, 425, 429})
+#: Statuses the SDK retries (besides timeouts and connection errors); any other status fails at once.
+RETRIED_STATUS = frozenset({408, 409, 429})
+#: At most this long to open a connection, whatever the (longer) request timeout.
+CONNECT_TIMEOUT = 10.0
+#: The SDK insists on a key; a local server without one gets this placeholder (vLLM's convention).
+NO_KEY = "EMPTY"
 
 
 class RequestFailed(RuntimeError):
-    """A request that still failed after all retries (or failed with a non-retryable status)."""
+    """A request that still failed after the SDK's retries, or failed with a status that is not retried.
 
-    def __init__(self, message: str, attempts: int, status: int | None = None):
+    ``status`` is the HTTP status (None for timeouts, connection errors and malformed answers);
+    ``unreachable`` is True when no connection could be made at all (refused, no route, name unknown).
+    """
+
+    def __init__(self, message: str, status: int | None = None, unreachable: bool = False):
         super().__init__(message)
-        self.attempts, self.status = attempts, status
+        self.status, self.unreachable = status, unreachable
 
 
 @dataclass
 class ClientConfig:
-    """Where and how to reach the teacher."""
+    """Where and how to reach the teacher: ``retries`` after the first attempt, ``timeout`` seconds each."""
 
     base_url: str
     model: str | None = None
     api_key: str | None = None
     timeout: float = 120.0
     retries: int = 5
-    backoff: float = 1.0
-    max_backoff: float = 30.0
 
 
 def normalize_base_url(url: str) -> str:
@@ -55,93 +62,84 @@ def normalize_base_url(url: str) -> str:
     return url if parsed.path not in ("", "/") else url + "/v1"
 
 
-class OpenAIClient:
-    """POST JSON to an OpenAI-compatible server with retries; see the module docstring."""
+class TeacherClient:
+    """An ``openai.OpenAI`` client bound to one server and model; see the module docstring."""
 
-    def __init__(self, config: ClientConfig, rng: random.Random | None = None):
+    def __init__(self, config: ClientConfig):
         self.config = config
         self.base_url = normalize_base_url(config.base_url)
-        host = urlparse(self.base_url).hostname or ""
-        handlers = [urllib.request.ProxyHandler({})] if host in LOOPBACK_HOSTS else []
-        self._opener = urllib.request.build_opener(*handlers)
-        self._rng = rng or random.Random(0)
+        loopback = (urlparse(self.base_url).hostname or "") in LOOPBACK_HOSTS
+        self.sdk = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=config.api_key or NO_KEY,
+            timeout=openai.Timeout(config.timeout, connect=min(config.timeout, CONNECT_TIMEOUT)),
+            max_retries=config.retries,
+            http_client=openai.DefaultHttpxClient(trust_env=False) if loopback else None,
+        )
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        return headers
+    def list_models(self, *, retries: int | None = None) -> list[str]:
+        """Model ids from ``GET /models`` (``retries`` overrides the configured count for this call)."""
+        sdk = self.sdk if retries is None else self.sdk.with_options(max_retries=retries)
+        page = self._call("models", lambda: sdk.models.list(), sdk.max_retries)
+        return [str(model.id) for model in page.data]
 
-    def request(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One call with retries; returns the decoded JSON body or raises :class:`RequestFailed`."""
-        url = f"{self.base_url}/{path.lstrip('/')}"
-        data = None if payload is None else json.dumps(payload).encode("utf-8")
-        last_error, last_status = "no attempt", None
-        attempts = self.config.retries + 1
-        for attempt in range(attempts):
-            retry_after: float | None = None
-            try:
-                request = urllib.request.Request(url, data=data, headers=self._headers(), method="POST" if data else "GET")
-                with self._opener.open(request, timeout=self.config.timeout) as response:
-                    body = response.read()
-                try:
-                    return json.loads(body)
-                except json.JSONDecodeError:
-                    last_error, last_status = "response is not JSON", None
-            except urllib.error.HTTPError as error:
-                last_status = error.code
-                last_error = f"HTTP {error.code}"
-                retry_after = _retry_after(error.headers.get("Retry-After") if error.headers else None)
-                error.close()
-                if error.code not in RETRY_STATUS and error.code < 500:
-                    raise RequestFailed(f"{url}: {last_error} (not retried)", attempt + 1, error.code) from None
-            except TimeoutError:
-                last_error, last_status = f"timed out after {self.config.timeout:g}s", None
-            except (http.client.HTTPException, OSError) as error:
-                reason = getattr(error, "reason", error)
-                if isinstance(reason, TimeoutError):
-                    last_error = f"timed out after {self.config.timeout:g}s"
-                else:
-                    last_error = f"connection error: {type(reason).__name__}: {reason}"
-                last_status = None
-            if attempt + 1 < attempts:
-                time.sleep(self.delay(attempt, retry_after))
-        raise RequestFailed(f"{url}: {last_error} after {attempts} attempts", attempts, last_status)
+    def check_reachable(self) -> None:
+        """Raise :class:`RequestFailed` (``unreachable``) at once when nothing answers at the base URL.
 
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry ``attempt + 1``."""
-        if retry_after is not None:
-            return min(retry_after, self.config.max_backoff)
-        return min(self.config.max_backoff, self.config.backoff * 2**attempt) * self._rng.uniform(0.5, 1.0)
-
-    def list_models(self) -> list[str]:
-        """Model ids from ``GET /models``."""
-        body = self.request("models")
-        return [str(item.get("id")) for item in body.get("data", []) if isinstance(item, dict)]
+        One ``GET /models`` without retries. Any HTTP answer, even an error status (a server without
+        that route), or a slow one proves a server is there, so only a failed connection raises.
+        """
+        try:
+            self.list_models(retries=0)
+        except RequestFailed as error:
+            if error.unreachable:
+                raise
 
     def chat(self, messages: list[dict[str, str]], **params: Any) -> str:
         """The first choice's message content of a ``/chat/completions`` call."""
-        body = self.request("chat/completions", {"model": self.config.model, "messages": messages, **params})
+        body = self._call(
+            "chat/completions",
+            lambda: self.sdk.chat.completions.create(model=self.config.model, messages=messages, **params),
+            self.sdk.max_retries,
+        )
         try:
-            content = body["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise RequestFailed("chat/completions: response has no choices[0].message.content", 1) from None
+            content = body.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            raise RequestFailed(f"{self.base_url}/chat/completions: response has no choices[0].message.content") from None
         return content if isinstance(content, str) else ""
 
     def complete(self, prompt: str, **params: Any) -> str:
         """The first choice's text of a ``/completions`` call."""
-        body = self.request("completions", {"model": self.config.model, "prompt": prompt, **params})
+        body = self._call(
+            "completions", lambda: self.sdk.completions.create(model=self.config.model, prompt=prompt, **params), self.sdk.max_retries
+        )
         try:
-            text = body["choices"][0]["text"]
-        except (KeyError, IndexError, TypeError):
-            raise RequestFailed("completions: response has no choices[0].text", 1) from None
+            text = body.choices[0].text
+        except (AttributeError, IndexError, TypeError):
+            raise RequestFailed(f"{self.base_url}/completions: response has no choices[0].text") from None
         return text if isinstance(text, str) else ""
 
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.sdk.close()
 
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    def _call(self, path: str, send: Callable[[], Any], retries: int) -> Any:
+        """``send()`` (which the SDK retries ``retries`` times), its exceptions turned into :class:`RequestFailed`
+        naming the URL and the reason; a server's error message is added, never response text."""
+        url = f"{self.base_url}/{path}"
+        attempts = f"after {retries + 1} attempt{'s' if retries else ''}"
+        try:
+            return send()
+        except openai.APITimeoutError:
+            raise RequestFailed(f"{url}: timed out after {self.config.timeout:g}s {attempts}") from None
+        except openai.APIConnectionError as error:
+            cause = error.__cause__ or error
+            raise RequestFailed(f"{url}: connection error: {type(cause).__name__}: {cause} {attempts}", unreachable=True) from None
+        except openai.APIStatusError as error:
+            status = error.status_code
+            retried = status in RETRIED_STATUS or status >= 500
+            message = error.body.get("message") if isinstance(error.body, dict) else None
+            detail = f" ({message[:200]})" if isinstance(message, str) and message else ""
+            raise RequestFailed(f"{url}: HTTP {status}{detail} {attempts if retried else '(not retried)'}", status) from None
+        except openai.APIError as error:  # a 2xx answer the SDK cannot read (not JSON, wrong shape)
+            raise RequestFailed(f"{url}: unreadable response ({type(error).__name__})") from None

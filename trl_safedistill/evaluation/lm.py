@@ -13,7 +13,8 @@ has no entry points; ``trl-safedistill eval`` imports it for you).
   generates the answer from ``fmt.second_pass_prompt(prompt, rationale)``, which ends with the answer
   phrase. The returned text is ``rationale + "\\n" + answer phrase + answer``.
 * ``answer_first`` (arXiv 2404.09170): one generation; with ``stop_early`` (default) it stops at
-  ``fmt.stop_after_answer`` (``"\\nExplanation:"``), saving the rationale's tokens.
+  ``fmt.stop_after_answer`` (the ``answer_first_marker`` model_arg, default ``"\\nExplanation:"``, as trained),
+  saving the rationale's tokens.
 * ``compressed`` (TokenSkip, arXiv 2502.12067): one generation from a prompt ending with
   ``Compression ratio: {g}``, ``g`` the ``compression_ratio`` model_arg (default 1, the uncompressed
   rationale; any other format rejects it), e.g. ``--model_args pretrained=PATH,format=compressed,compression_ratio=0.6``.
@@ -35,18 +36,16 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences
-from lm_eval.models.utils_hf import stop_sequences_criteria
 
+from ..answers import DEFAULT_ANSWER_PHRASE
 from ..formats import (
     CascadeFormat,
-    CompressedFormat,
     end_of_turn_text,
     get_format,
     is_chat_tokenizer,
     render_prompt,
-    user_text,
 )
-from .answers import DEFAULT_ANSWER_PHRASE
+from .scoring import continuation_loglikelihoods, greedy_generate, scoring_context
 
 
 def _as_bool(value: Any) -> bool:
@@ -69,14 +68,15 @@ class SafeDistillLM(HFLM):
         max_gen_toks_cap: int | None = None,
         token_log: str | None = None,
         compression_ratio: float | str | None = None,
+        answer_first_marker: str | None = None,
         device: str | None = None,
         **kwargs: Any,
     ) -> None:
-        fmt = get_format(format, answer_phrase)
-        if compression_ratio not in (None, ""):  # checked before the model loads
-            if not isinstance(fmt, CompressedFormat):
-                raise ValueError(f"safedistill-hf: compression_ratio applies to format=compressed only, not {format!r}")
-            fmt = CompressedFormat(answer_phrase=answer_phrase, inference_ratio=float(compression_ratio))
+        try:  # checked before the model loads
+            fmt = get_format(format, answer_phrase, marker=answer_first_marker or None,
+                             inference_ratio=None if compression_ratio in (None, "") else float(compression_ratio))
+        except ValueError as error:
+            raise ValueError(f"safedistill-hf: {error}") from None
         if isinstance(pretrained, str):
             from ..models import resolve_model_path
 
@@ -126,48 +126,16 @@ class SafeDistillLM(HFLM):
     def scoring_context(self, context: str, doc: dict | None) -> str:
         """The context a multiple-choice option is scored after: rendered user turn + answer phrase."""
         doc = doc or {}
-        text = user_text(doc["question"], doc.get("description")) if isinstance(doc.get("question"), str) else context
-        return render_prompt(self.tokenizer, text, "", self.chat) + self.fmt.answer_phrase
+        if isinstance(doc.get("question"), str):
+            return scoring_context(self.tokenizer, doc["question"], doc.get("description"), self.fmt.answer_phrase, self.chat)
+        return render_prompt(self.tokenizer, context, "", self.chat) + self.fmt.answer_phrase
 
     # ------------------------------------------------------------------------------- generation
 
     def generate_texts(self, prompts: list[str], stops: list[str], max_new_tokens: int) -> list[tuple[str, int]]:
-        """One batched greedy ``generate`` call: ``(text cut at the first stop, tokens generated)`` per prompt."""
+        """One batched greedy ``generate`` call (:func:`.scoring.greedy_generate`): ``(text, tokens)`` per prompt."""
         self.generate_calls += 1
-        tokenizer = self.tokenizer
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            encoded = tokenizer(prompts, add_special_tokens=not self.chat, padding=True, return_tensors="pt")
-        finally:
-            tokenizer.padding_side = side
-        input_ids = encoded["input_ids"].to(self.device)
-        attention_mask = encoded["attention_mask"].to(self.device)
-        width = input_ids.shape[1]
-        criteria = stop_sequences_criteria(tokenizer, stops, width, input_ids.shape[0]) if stops else None
-        with torch.no_grad():
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                stopping_criteria=criteria,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        eos = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-        results = []
-        for row in output[:, width:].tolist():
-            ended = next((i for i, token in enumerate(row) if token in eos), None)
-            kept_ids = row if ended is None else row[:ended]
-            text = tokenizer.decode(kept_ids, skip_special_tokens=True)
-            cut = min((text.find(s) for s in stops if s and s in text), default=-1)
-            if cut >= 0:
-                text = text[:cut]
-                count = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
-            else:
-                count = len(kept_ids) + (0 if ended is None else 1)
-            results.append((text, min(count, max_new_tokens)))
-        return results
+        return greedy_generate(self.model, self.tokenizer, prompts, stops, max_new_tokens, self.chat)
 
     def _stops(self, until: list[str], *extra: str | None) -> list[str]:
         stops = list(until) + [self.end_of_turn] + [s for s in extra if s]
@@ -224,36 +192,25 @@ class SafeDistillLM(HFLM):
 
     # ------------------------------------------------------------------------- multiple choice
 
-    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval's split: trailing spaces of the context go to the continuation; the pair is encoded whole."""
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        special = not self.chat
-        whole = self.tokenizer(context + continuation, add_special_tokens=special)["input_ids"]
-        context_ids = self.tokenizer(context, add_special_tokens=special)["input_ids"]
-        return whole[: len(context_ids)], whole[len(context_ids) :]
-
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """``(sum of log p(continuation tokens | context), greedy?)`` per request, lm-eval's definition.
 
-        Logits are computed only at the continuation's positions (``logits_to_keep``), never over the
-        prompt: with a 49k vocabulary this is most of the cost of a multiple-choice item on a CPU.
+        Requests are grouped by their scoring context, and each group is scored by
+        :func:`.scoring.continuation_loglikelihoods` (the context once, the options in one batch over its KV
+        cache), the same function the demo's curve probes call. Trailing whitespace of a context moves to the
+        continuation, as lm-eval does.
         """
-        results = []
-        for request in requests:
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for index, request in enumerate(requests):
             context = self.scoring_context(request.args[0], request.doc)
-            context_ids, continuation_ids = self.encode_pair(context, request.args[1])
-            if not continuation_ids:
-                results.append((0.0, True))
-                continue
-            ids = (context_ids + continuation_ids)[-(self.max_length + 1) :][:-1]
-            input_ids = torch.tensor([ids], device=self.device)
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids, logits_to_keep=len(continuation_ids)).logits[0]
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
-            target = torch.tensor(continuation_ids, device=log_probs.device)
-            total = float(log_probs.gather(1, target[:, None]).sum())
-            greedy = bool((log_probs.argmax(dim=-1) == target).all())
-            results.append((total, greedy))
-        return results
+            continuation = request.args[1]
+            spaces = len(context) - len(context.rstrip())
+            if spaces:
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
+            groups.setdefault(context, []).append((index, continuation))
+        for context, members in groups.items():
+            scored = continuation_loglikelihoods(self.model, self.tokenizer, context, [c for _, c in members], self.chat)
+            for (index, _), result in zip(members, scored):
+                results[index] = result
+        return [r for r in results if r is not None]

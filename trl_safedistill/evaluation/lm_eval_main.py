@@ -12,13 +12,24 @@ Plain ``lm_eval --model hf --include_path eval_tasks --tasks ...`` also works (n
 
 from __future__ import annotations
 
+import os
+
 from . import lm  # noqa: F401  (registers "safedistill-hf")
 
 
 def main() -> None:
+    """Run lm-eval's CLI under umask 077: every file it creates is owner-only (0600), every folder 0700.
+
+    ``--log_samples`` writes the model's responses to the harmful prompts of the safety tasks; lm-eval opens its
+    files with plain ``open``, so the umask is the only way to keep them private. The caller's umask is restored.
+    """
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    previous = os.umask(0o077)
+    try:
+        cli_evaluate()
+    finally:
+        os.umask(previous)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ Responses to harmful prompts are written only to ``sample_log`` (JSONL), never p
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import PRIVATE, write_jsonl
 from .hub import HUB_ONLY_REASON, hub_reachable
 from .stats import bootstrap_ci
 from .tasks import HUB_TASKS, SUITE_TASKS
@@ -186,12 +186,8 @@ def evaluate_lm(
     if hub:
         out["summary"]["ood_hub_acc"] = bootstrap_ci([v for _, v in hub], bootstrap_iters, seed=seed)
         out["items"]["ood_hub_acc"] = {"ids": [i for i, _ in hub], "values": [v for _, v in hub]}
-    if sample_log is not None:
-        path = Path(sample_log)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as handle:
-            for row in log_rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if sample_log is not None:  # responses to harmful prompts: owner-only (0600), written whole or not at all
+        write_jsonl(sample_log, log_rows, mode=PRIVATE)
     return out
 
 
@@ -207,6 +203,7 @@ def evaluate_model(
     answer_phrase: str = "Therefore, the answer is",
     safety_format: str = "plain",
     compression_ratio: float | None = None,
+    answer_first_marker: str | None = None,
     **kwargs: Any,
 ) -> dict:
     """Evaluate a loaded model (PEFT or plain) in format ``fmt_name``; the model's train/eval mode is restored.
@@ -229,6 +226,7 @@ def evaluate_model(
             answer_phrase=answer_phrase,
             safety_format=safety_format,
             compression_ratio=compression_ratio,
+            answer_first_marker=answer_first_marker,
         )
         return evaluate_lm(lm, suites, limit, **kwargs)
     finally:

@@ -12,12 +12,13 @@ safety tasks score refusal (:func:`.refusal.is_refusal`, metric ``safety_ratio``
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
+from ..answers import DEFAULT_ANSWER_PHRASE, score_generation
 from ..formats.base import user_text
-from .answers import DEFAULT_ANSWER_PHRASE, score_generation
 from .refusal import XSTEST_REFUSAL_OPENINGS, YES_NO_REFUSAL_OPENINGS, is_over_refusal, is_refusal
 
 #: Suite -> offline tasks the project runner evaluates (each a single lm-eval task).
@@ -39,6 +40,12 @@ TASK_METRIC: dict[str, str] = {
     "safedistill_overrefusal": "over_refusal",
     "safedistill_xstest": "over_refusal",
 }
+
+
+def content_id(text: str) -> str:
+    """A stable document id from its text: the first 16 hex digits of sha256 (the same in every process, unlike
+    Python's salted ``hash()``), so per-item results of two runs pair up."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _cache_from(kwargs: dict[str, Any]) -> Path | None:
@@ -141,7 +148,7 @@ def agieval_process_docs(dataset):
         gold_index = int(row["gold"][0])
         query = row["query"].split("A: Among A through")[0].strip()
         return {
-            "id": str(abs(hash(row["query"]))),
+            "id": content_id(row["query"]),
             "task": "agieval",
             "question": query,
             "description": None,

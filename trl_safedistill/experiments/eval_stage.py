@@ -6,8 +6,8 @@ Each model is evaluated with :func:`trl_safedistill.evaluation.run.evaluate_mode
   ``n_advbench`` items each, greedy, ``safety_gen_tokens`` tokens (GCG prefixes / XSTest rule);
 * IND exact match (``safedistill_bbh_mix`` on the run's ``ind_gen.jsonl``: bbh-cot held-out items, gold target);
 * IND and OOD log-likelihood multiple choice on ``ind_mc.jsonl`` and the suite's BB-sub file, scored as the
-  suite's ``safedistill_*_mix_mc`` tasks score them (:func:`.probes.mc_correct`, same items, same per-item result;
-  it runs each context once instead of once per option, which makes the demo's budget);
+  suite's ``safedistill_*_mix_mc`` tasks score them (:func:`trl_safedistill.evaluation.scoring.mc_correct`, the scorer
+  the suite's ``safedistill-hf`` model calls, on the same items; called directly, without lm-eval's per-call overhead);
 * OOD exact match (``safedistill_bbsub_mix``) when ``n_ood_gen > 0``.
 
 Every value comes with its bootstrap 95% CI. Responses go to ``samples_*.jsonl`` in the stage folder only.
@@ -61,12 +61,12 @@ def safety_metrics(model, tokenizer, size: RunSize, directory: Path) -> dict[str
 
 
 def mc_metric(model, tokenizer, docs: list[dict], size: RunSize, flags_out: list[float] | None = None) -> dict[str, Any]:
-    """Log-likelihood multiple-choice accuracy with its bootstrap CI (:func:`.probes.mc_correct`).
+    """Log-likelihood multiple-choice accuracy with its bootstrap CI (:func:`trl_safedistill.evaluation.scoring.mc_correct`).
 
     ``flags_out``, when given, receives the per-item 0/1 results in document order.
     """
+    from ..evaluation.scoring import mc_correct
     from ..evaluation.stats import bootstrap_ci
-    from .probes import mc_correct
 
     flags = mc_correct(model, tokenizer, docs)
     if flags_out is not None:
@@ -78,8 +78,8 @@ def reasoning_metrics(model, tokenizer, fmt: str, size: RunSize, data_dir: Path,
                       directory: Path, ind_flags: list[float] | None = None) -> dict[str, Any]:
     """IND exact match (suite) and IND/OOD multiple choice (KV-cached scorer), plus OOD exact match when asked.
 
-    Multiple choice is scored by :func:`.probes.mc_correct`, which reproduces the suite's
-    ``safedistill_*_mix_mc`` scoring item for item (tested) while running each context once, not once per option.
+    Multiple choice is scored by :func:`trl_safedistill.evaluation.scoring.mc_correct`, the function the suite's
+    ``safedistill-hf`` model calls for ``safedistill_*_mix_mc`` (one implementation), here without lm-eval's overhead.
     ``ind_flags``, when given, receives the IND items' 0/1 results.
     """
     from .inputs import read_jsonl

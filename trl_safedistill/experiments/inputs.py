@@ -9,7 +9,8 @@
   multiple choice). Items are interleaved round-robin over tasks, so the first ``n`` cover every task. An item
   whose question text also occurs in the training split is dropped (none on the shipped data).
 * OOD: the evaluation suite's BB-sub mix (:data:`trl_safedistill.evaluation.items.BBSUB_TASKS`, multiple-choice
-  BIG-bench json tasks from the ``bigbench`` sdist), when it can be built; otherwise the run says so.
+  BIG-bench json tasks from the ``bigbench`` sdist), when its archive can be fetched; otherwise (only then) the run
+  says so. Any other error building it raises.
 * safety: AdvBench ``eval`` part (held out) and HarmBench from the suite's files; the AdvBench ``align`` part
   for alignment and the refusal-mix baseline.
 """
@@ -110,14 +111,20 @@ def ind_documents() -> tuple[list[dict], list[dict]]:
 
 
 def ood_status(cache: Path | None = None) -> dict[str, Any]:
-    """Whether the BB-sub OOD file can be built offline; ``{"available", "path", "tasks", "reason"}``."""
+    """Whether the BB-sub OOD file can be built offline; ``{"available", "path", "tasks", "reason"}``.
+
+    "Unavailable" is only the documented case: a pinned registry archive cannot be fetched or read
+    (:class:`~trl_safedistill.data.offline.OfflineDataError`, e.g. no network and no cached ``bigbench`` sdist).
+    Any other error (a bug in the item code, a malformed task file) raises: the run must not silently lose OOD.
+    """
+    from ..data.offline import OfflineDataError
     from ..evaluation import items, prepare
 
     try:
         path = prepare.task_file("ood/_mix.jsonl", cache)
-        return {"available": True, "path": str(path), "tasks": list(items.BBSUB_TASKS), "reason": None}
-    except Exception as error:  # noqa: BLE001 - any failure means "unavailable", reported as such
+    except OfflineDataError as error:
         return {"available": False, "path": None, "tasks": list(items.BBSUB_TASKS), "reason": f"{type(error).__name__}: {error}"}
+    return {"available": True, "path": str(path), "tasks": list(items.BBSUB_TASKS), "reason": None}
 
 
 def safety_files(cache: Path | None = None) -> dict[str, str]:

@@ -16,40 +16,34 @@ The same scorers and prompts as the evaluation suite, without lm-eval's per-call
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..answers import DEFAULT_ANSWER_PHRASE
+from ..atomic import PRIVATE
 from ..dataset import tokenize_records
 from ..evaluation.refusal import is_refusal
-from ..formats.base import render_prompt, user_text
+from ..evaluation.scoring import greedy_generate, mc_correct, model_device
+from ..formats import end_of_turn_text, is_chat_tokenizer, render_prompt
 from ..records import RationaleRecord
 
-ANSWER_PHRASE = "Therefore, the answer is"
+ANSWER_PHRASE = DEFAULT_ANSWER_PHRASE
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy completions of plain chat prompts (left padding, batched)."""
-    texts = [render_prompt(tokenizer, p, "") for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    """Greedy completions of plain chat prompts, batched, through the evaluation's own generator
+    (:func:`trl_safedistill.evaluation.scoring.greedy_generate`, stopping at the end of the turn)."""
+    chat = is_chat_tokenizer(tokenizer)
+    stops = [end_of_turn_text(tokenizer, chat)]
+    texts = [render_prompt(tokenizer, p, "", chat) for p in prompts]
     outputs: list[str] = []
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
-            enc = {k: v.to(_device(model)) for k, v in enc.items()}
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            outputs += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(texts), batch_size):
+        outputs += [text for text, _ in greedy_generate(model, tokenizer, texts[start : start + batch_size], stops,
+                                                         max_new_tokens, chat)]
     return outputs
 
 
@@ -58,79 +52,13 @@ def refusal_rate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, 
     responses = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a", encoding="utf-8") as handle:
+        # responses to harmful prompts: owner-only (0600), also when an older log was created world-readable
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE)
+        os.fchmod(fd, PRIVATE)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
             for prompt, response in zip(prompts, responses):
                 handle.write(json.dumps({"prompt": prompt, "response": response, "refusal": is_refusal(response)}) + "\n")
     return sum(is_refusal(r) for r in responses) / max(len(responses), 1)
-
-
-@torch.no_grad()
-def option_scores(model, tokenizer, doc: dict, answer_phrase: str = ANSWER_PHRASE) -> list[float]:
-    """Summed log-probability of each option ``" " + text`` after the scoring context (lm-eval's loglikelihood).
-
-    The context (rendered user turn + answer phrase) is run once; its KV cache is then repeated across the options
-    and every option's remaining tokens are scored in one right-padded batch (padding comes after the real tokens,
-    so no real position attends to it). An item thus costs one context forward plus one small batched forward,
-    instead of one full forward per option. Tokens are split where lm-eval splits them: the continuation is what
-    ``tokenize(context + option)`` adds after its longest common prefix with ``tokenize(context)``.
-    """
-    context = render_prompt(tokenizer, user_text(doc["question"], doc.get("description")), "") + answer_phrase
-    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    device = _device(model)
-    splits = []
-    for option in doc["options"]:
-        full = tokenizer(context + " " + option, add_special_tokens=False)["input_ids"]
-        shared = min(_common_prefix(context_ids, full), len(full) - 1)
-        splits.append((full[:shared], full[shared:]))
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, (prefix, _) in enumerate(splits):
-        groups.setdefault(tuple(prefix), []).append(index)
-    scores = [0.0] * len(splits)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for prefix, members in groups.items():
-        out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        for index in members:
-            scores[index] = float(first[splits[index][1][0]])
-        longer = [index for index in members if len(splits[index][1]) > 1]
-        if not longer:
-            continue
-        width = max(len(splits[index][1]) - 1 for index in longer)
-        input_ids = torch.full((len(longer), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(longer), len(prefix) + width), dtype=torch.long)
-        attention[:, : len(prefix)] = 1
-        for row, index in enumerate(longer):
-            tokens = splits[index][1][:-1]
-            input_ids[row, : len(tokens)] = torch.tensor(tokens)
-            attention[row, len(prefix) : len(prefix) + len(tokens)] = 1
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(len(longer))
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), past_key_values=cache,
-                       use_cache=True).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for row, index in enumerate(longer):
-            targets = splits[index][1][1:]
-            positions = torch.arange(len(targets), device=device)
-            scores[index] += float(logprobs[row, positions, torch.tensor(targets, device=device)].sum())
-    return scores
-
-
-def mc_correct(model, tokenizer, docs: Sequence[dict], answer_phrase: str = ANSWER_PHRASE) -> list[float]:
-    """Per-item 0/1: the option with the highest log-likelihood is the gold one (lm-eval's ``acc``)."""
-    flags = []
-    for doc in docs:
-        scores = option_scores(model, tokenizer, doc, answer_phrase)
-        flags.append(float(max(range(len(scores)), key=scores.__getitem__) == int(doc["gold_index"])))
-    return flags
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @torch.no_grad()
@@ -142,7 +70,7 @@ def heldout_loss(model, tokenizer, records: Sequence[RationaleRecord], max_lengt
     """
     dataset = tokenize_records(records, tokenizer, "standard", max_length=max_length)
     total, count = 0.0, 0
-    device = _device(model)
+    device = model_device(model)
     for ids, labels in zip(dataset["input_ids"], dataset["labels"]):
         targets = torch.tensor(labels[1:], device=device)
         positions = targets.ne(-100).nonzero().squeeze(-1)  # position t predicts token t + 1

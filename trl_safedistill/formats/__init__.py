@@ -1,10 +1,15 @@
 """Distillation formats: how a rationale record becomes training sequences and inference prompts.
 
-``get_format(name)`` returns one of :data:`FORMATS`; every format combines with every method
+``get_format(name, ...)`` (the one factory, used by the trainer and the evaluation) returns one of
+:data:`FORMATS`; every format combines with every method
 (entropy masking, slow tuning) through the trainer, which only sees segment ids.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from .answer_first import AnswerFirstFormat
 from .base import (
@@ -31,15 +36,66 @@ FORMATS: dict[str, type[DistillFormat]] = {
 }
 
 
-def get_format(name: str, answer_phrase: str = "Therefore, the answer is") -> DistillFormat:
-    """The format called ``name`` (``standard``, ``cascade``, ``answer_first``)."""
+def get_format(
+    name: str,
+    answer_phrase: str = "Therefore, the answer is",
+    *,
+    marker: str | None = None,
+    ratios: Sequence[float] | None = None,
+    seed: int = 0,
+    compressions: Mapping[str, Mapping[str, str]] | None = None,
+    inference_ratio: float | None = None,
+) -> DistillFormat:
+    """The one factory of formats, for training and evaluation alike.
+
+    ``name``: one of :data:`FORMATS`. ``marker``: the answer-first format's rationale marker (the early-stop
+    string at inference). ``ratios``, ``seed``, ``compressions`` and ``inference_ratio``: the compressed
+    (TokenSkip) format's training ratios, their per-record draw seed, the compressed texts by record id, and the
+    ratio stated in inference prompts. An option given for a format that has no such setting is an error, never
+    silently ignored.
+    """
     if name not in FORMATS:
         raise ValueError(f"unknown distillation format '{name}'; choose one of {sorted(FORMATS)}")
+    if marker is not None and name != AnswerFirstFormat.name:
+        raise ValueError(f"format '{name}': an answer-first marker applies to the answer_first format only")
+    if (ratios is not None or compressions is not None or inference_ratio is not None) and name != CompressedFormat.name:
+        raise ValueError(f"format '{name}': compression ratios apply to the compressed format only")
+    if name == AnswerFirstFormat.name and marker is not None:
+        return AnswerFirstFormat(answer_phrase=answer_phrase, marker=marker)
+    if name == CompressedFormat.name:
+        options: dict = {"seed": seed, "compressions": dict(compressions or {})}
+        if ratios is not None:
+            options["ratios"] = ratios
+        if inference_ratio is not None:
+            options["inference_ratio"] = float(inference_ratio)
+        return CompressedFormat(answer_phrase=answer_phrase, **options)
     return FORMATS[name](answer_phrase=answer_phrase)
+
+
+#: Written beside every saved student (``SafeDistillTrainer.save_model``): the settings of its format that
+#: evaluation needs to prompt it as it was trained (format name, answer phrase, answer-first marker).
+FORMAT_FILE = "safedistill_format.json"
+
+
+def format_settings(fmt: DistillFormat) -> dict:
+    """The JSON-serialisable settings that :func:`get_format` needs to rebuild ``fmt`` for inference."""
+    settings = {"format": fmt.name, "answer_phrase": fmt.answer_phrase}
+    if isinstance(fmt, AnswerFirstFormat):
+        settings["marker"] = fmt.marker
+    return settings
+
+
+def read_format_settings(directory: str | Path) -> dict | None:
+    """The settings saved beside a student in ``directory`` (:data:`FORMAT_FILE`), or ``None`` if it has none."""
+    path = Path(directory) / FORMAT_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 __all__ = [
     "FORMATS",
+    "FORMAT_FILE",
     "IGNORE_INDEX",
     "AnswerFirstFormat",
     "CascadeFormat",
@@ -50,8 +106,10 @@ __all__ = [
     "StandardFormat",
     "TrainingSequence",
     "end_of_turn_text",
+    "format_settings",
     "get_format",
     "is_chat_tokenizer",
+    "read_format_settings",
     "render_prompt",
     "tokenize_sequence",
     "user_text",

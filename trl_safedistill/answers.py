@@ -1,4 +1,8 @@
-"""Answer extraction and matching for chain-of-thought outputs (BBH style), robust to bad generations.
+"""The one answer matcher of the project: extraction and comparison for chain-of-thought outputs (BBH style).
+
+Used by evaluation (exact-match tasks, :func:`score_generation`) and by data (CasCoD's answer-consistency
+filter of teacher rationales, arXiv 2405.19842: :func:`split_completion` + :func:`answers_match`), so a
+teacher rationale is kept exactly when the evaluation would score its answer correct.
 
 :func:`extract_answer` finds the text after the *last* answer phrase (the format's, then the common
 fallbacks ``So the answer is`` / ``The answer is`` / ``Answer:``), keeps its first line and, when the
@@ -7,8 +11,9 @@ matches exactly or occurs as whole words (earliest, then longest). With no answe
 accepts a last line that *is* a choice. Anything else is ``None`` (counted wrong), never an exception.
 
 :func:`is_correct` compares a prediction with gold answers after normalisation: case, outer
-punctuation, quotes and markdown stripped; numbers compared as numbers (``"7"``, ``"7.0"``,
-``"seven"``); option letters with or without parentheses.
+punctuation, quotes and markdown stripped; numbers compared as numbers (``"7"``, ``"7.0"``, ``"1,000"``,
+``"seven"``, and a number followed by unit words, ``"5 apples"``); option letters with or without
+parentheses. It is otherwise strict: ``red`` never matches ``dark red``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from .records import DEFAULT_ANSWER_PHRASES, split_cot
 
 DEFAULT_ANSWER_PHRASE = "Therefore, the answer is"
 FALLBACK_PHRASES: tuple[str, ...] = ("So the answer is", "The answer is", "the answer is", "Answer:", "answer:")
@@ -130,7 +137,11 @@ def extract_answer(
 
 
 def _as_number(text: str) -> float | None:
+    """The number ``text`` states: digits or a number word, optionally followed by unit words (``5 apples``)."""
     value = normalise(text).replace(",", "")
+    unit = re.fullmatch(r"(\S+)(?: [a-z]+)+", value)
+    if unit and (unit.group(1) in _NUMBER_WORDS or _NUMBER.match(unit.group(1))):
+        value = unit.group(1)
     if value in _NUMBER_WORDS:
         return float(_NUMBER_WORDS[value])
     if _NUMBER.match(value):
@@ -173,3 +184,33 @@ def score_generation(doc: Mapping[str, Any], response: str | None, answer_phrase
     if prediction is not None and labels and prediction in options:
         prediction = labels[options.index(prediction)]
     return float(is_correct(prediction, doc.get("golds") or []))
+
+
+def split_completion(completion: str, answer_phrase: str = DEFAULT_ANSWER_PHRASE) -> tuple[str, str] | None:
+    """``(rationale, answer)`` from a teacher completion, or ``None`` when it never concludes.
+
+    The configured phrase is tried first, then the project's other phrases
+    (:data:`~trl_safedistill.records.DEFAULT_ANSWER_PHRASES`), at their last occurrence
+    (:func:`~trl_safedistill.records.split_cot`).
+    """
+    phrases = (answer_phrase,) + tuple(p for p in DEFAULT_ANSWER_PHRASES if p != answer_phrase)
+    return split_cot(completion, phrases)
+
+
+def answers_match(predicted: str, gold: str, choices: Sequence[str] | None = None) -> bool:
+    """Whether an extracted answer ``predicted`` equals ``gold`` under the evaluation's rules.
+
+    With ``choices`` (option texts, lettered ``(A)``, ``(B)``, ... in order), ``predicted`` may name the option
+    by letter (``(B)``, ``B``) or by its text, and a letter ``gold`` also accepts its option's text.
+    """
+    options = [c for c in (choices or ()) if isinstance(c, str) and c.strip()]
+    golds = [gold]
+    if options:
+        labels = [f"({chr(65 + i)})" for i in range(len(options))]
+        letter = re.fullmatch(r"\(?([A-Za-z])\)?", gold.strip())
+        if letter and 0 <= ord(letter.group(1).upper()) - 65 < len(options):
+            golds.append(options[ord(letter.group(1).upper()) - 65])
+        picked = match_choice(predicted, labels + options)
+        if picked is not None:
+            return is_correct(picked, golds) or (picked in options and is_correct(labels[options.index(picked)], golds))
+    return is_correct(predicted, golds)

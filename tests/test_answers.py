@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trl_safedistill.evaluation.answers import extract_answer, is_correct, score_generation
+from trl_safedistill.answers import extract_answer, is_correct, score_generation
 
 LETTERS = ["(A)", "(B)", "(C)", "(D)"]
 

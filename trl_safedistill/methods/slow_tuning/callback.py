@@ -1,0 +1,308 @@
+r"""Slow tuning's ``TrainerCallback`` (SLowED, arXiv 2508.09666): anchor, per-step check, resume, metrics.
+
+:class:`SlowTuningCallback` keeps every unit's drift ``d = ||Δ||_F / U`` (:mod:`.units`) within the budget
+``β_e = slow_tuning_budget · growth**e`` by its rule (:mod:`.rules`). It acts in ``on_step_end``, i.e. after
+``optimizer.step()`` / ``lr_scheduler.step()`` / ``zero_grad()`` and before the next forward pass (transformers
+5.24 ``_run_epoch``; ``on_step_end`` is also the first hook that sees the incremented ``global_step`` and
+``epoch``, and it runs before ``_maybe_log_save_evaluate``, so logs and checkpoints of step t see the corrected
+weights).
+
+**Anchor and resume.** ``on_train_begin`` takes the anchor W0 (the trainable weights at the start of training).
+``on_save`` writes the anchor and the callback's state into ``{output_dir}/checkpoint-{global_step}``
+(:mod:`.checkpoint`). On resume the trainer calls :meth:`SlowTuningCallback.load_anchor` with the checkpoint
+folder (from its ``_load_from_checkpoint`` override); if it does not, ``on_train_begin`` finds
+``{output_dir}/checkpoint-{global_step}`` itself, and raises if there is no anchor there (re-anchoring at the
+resumed weights would silently move the budget). A resumed run reports the same drift step for step.
+
+**Metrics.** Every check stores ``slow_tuning/*`` values in :attr:`SlowTuningCallback.metrics`; the trainer
+merges :meth:`SlowTuningCallback.pop_metrics` into ``logs`` in its ``log`` override (then every reporter sees
+them). Without that, ``on_log`` adds them to ``logs`` and to ``state.log_history[-1]``. Per-layer drift of each
+check goes to the drift log (:mod:`.log`, main process), one run per file: a fresh run starts a new log, a
+resumed run continues the checkpoint's log from its step.
+
+Multi-process: parameters are replicated (DDP), every rank applies the same deterministic correction; sharded
+parameters (FSDP, ZeRO-3) are not supported and raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from ..arguments import SLowEDArguments
+from . import log as drift_log
+from .checkpoint import STATE_FILE, has_state, read_checkpoint, write_checkpoint
+from .reference import _Reference, attach_reference, uses_reference
+from .rules import apply_rule, epoch_budget
+from .units import _FullUnit, _LoraUnit, _Unit, canonical_name, discover_units
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "slow_tuning/"
+
+
+class SlowTuningCallback(TrainerCallback):
+    """Slow tuning as a ``TrainerCallback`` (hooks, resume and metrics: the module docstring; rules: :mod:`.rules`).
+
+    Args:
+        args: :class:`SLowEDArguments` (or ``SafeDistillConfig``); ``slow_tuning_*`` fields are read.
+
+    Use: ``trainer.add_callback(SlowTuningCallback(config))``; the anchor is taken in ``on_train_begin``.
+    """
+
+    def __init__(self, args: SLowEDArguments):
+        self.args = args
+        self.rule = args.slow_tuning_rule
+        self.units: list[_Unit] = []
+        self.metrics: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []  # per check: step, epoch, budget, drift_mean, drift_max, ...
+        self.projections_total = 0
+        self.epoch_records: list[dict[str, float]] = []
+        self._epoch_running = {"epoch": 0, "drift_max_steps": 0.0, "projections": 0}
+        self._projections_since_log = 0
+        self._pending_dir: str | None = None
+        self._last_check_step = -1
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self.rule != "off"
+
+    def budget(self, epoch: int) -> float:
+        """β_e = slow_tuning_budget · slow_tuning_budget_growth**e."""
+        return epoch_budget(self.args.slow_tuning_budget, self.args.slow_tuning_budget_growth, epoch)
+
+    @torch.no_grad()
+    def anchor(self, model: torch.nn.Module, saved: dict[str, Any] | None = None) -> None:
+        """Take the anchor from ``model`` now (``saved`` is None), or rebuild it from a checkpoint's files."""
+        lora_units, full = discover_units(model, self.args.slow_tuning_include_1d)
+        tensors = saved["tensors"] if saved else {}
+        records = {u["name"]: u for u in saved["state"]["units"]} if saved else {}
+        if saved:
+            names = {u.name for u in lora_units} | {canonical_name(n) for n, _ in full}
+            if names != set(records):
+                diff = sorted(names ^ set(records))[:5]
+                raise ValueError(f"slow tuning anchor does not match the model's trainable layers, e.g. {diff}")
+        units: list[_Unit] = []
+        for u in lora_units:
+            if saved:
+                if f"b0::{u.name}" in tensors:
+                    u.a0, u.b0 = tensors[f"a0::{u.name}"].to(u.A.device), tensors[f"b0::{u.name}"].to(u.B.device)
+            elif bool(u.B.detach().any()) and bool(u.A.detach().any()):
+                u.a0, u.b0 = u.A.detach().clone(), u.B.detach().clone()
+            u.prepare()
+            units.append(u)
+        for pname, p in full:
+            name = canonical_name(pname)
+            w0 = tensors[f"w0::{name}"].to(device=p.device, dtype=p.dtype) if saved else p.detach().clone()
+            units.append(_FullUnit(name=name, w0_norm=0.0, param=p, w0=w0))
+        needs_w0 = not saved or self.rule == "direction"
+        reference = (
+            _Reference(self.args.slow_tuning_reference)
+            if uses_reference(self.rule, self.args) and needs_w0
+            else None
+        )
+        n_matched = 0
+        for u in units:
+            if saved:
+                rec = records[u.name]
+                u.w0_norm, u.unit_norm, u.status = rec["w0_norm"], rec["unit_norm"], rec["status"]
+            if needs_w0:
+                w0 = u.effective_w0()
+                if not saved:
+                    u.w0_norm = float(torch.linalg.vector_norm(w0))
+                    u.unit_norm, u.status = u.w0_norm, "constrained"
+                if reference is not None:
+                    n_matched += attach_reference(u, w0, reference, self.rule, self.args, set_norm=not saved)
+                del w0
+            if isinstance(u, _LoraUnit) and u.direction is not None and u.has_delta0:
+                u._c0 = u._inner_with_direction(u.b0, u.a0)
+        if reference is not None and n_matched == 0:
+            raise ValueError(f"no tensor of the model matched slow_tuning_reference={self.args.slow_tuning_reference}")
+        if any(u.w0_norm == 0.0 and u.status == "constrained" for u in units):
+            for u in units:
+                if u.w0_norm == 0.0 and u.status == "constrained":
+                    u.unit_norm, u.status = 1.0, "skip"  # zero-initialised tensors: no relative unit
+        self.units = units
+        logger.info("slow tuning (%s): %d units, anchor %s", self.rule, len(units), "restored" if saved else "taken")
+
+    # ---- checks -------------------------------------------------------------------------------------------
+    def check(self, step: int, epoch: int, correct: bool = True) -> dict[str, Any]:
+        """Measure every unit's drift, apply the rule when ``correct``; returns this check's record (:mod:`.rules`)."""
+        return apply_rule(self.units, self.rule, self.budget(epoch), self.args.slow_tuning_pull, step, epoch, correct)
+
+    def _record(self, record: dict[str, Any], args: Any, state: Any) -> None:
+        n = record["projections"]
+        self.projections_total += n
+        self._projections_since_log += n
+        run = self._epoch_running
+        if run["epoch"] != record["epoch"]:
+            run.update(epoch=record["epoch"], drift_max_steps=0.0, projections=0)
+        run["drift_max_steps"] = max(run["drift_max_steps"], record["drift_max_before"])
+        run["projections"] += n
+        record["projections_total"] = self.projections_total
+        summary = {k: v for k, v in record.items() if k not in ("layers", "projected")}
+        self.history.append(summary)
+        self.metrics.update(
+            {
+                f"{PREFIX}drift_mean": record["drift_mean"],
+                f"{PREFIX}drift_max": record["drift_max"],
+                f"{PREFIX}drift_max_before": record["drift_max_before"],
+                f"{PREFIX}budget": record["budget"],
+                f"{PREFIX}projections_step": float(n),
+                f"{PREFIX}projections": float(self._projections_since_log),
+                f"{PREFIX}projections_total": float(self.projections_total),
+            }
+        )
+        if self.args.slow_tuning_unit == "reference" or self.rule == "direction":
+            self.metrics[f"{PREFIX}rel_drift_mean"] = record["rel_drift_mean"]
+            self.metrics[f"{PREFIX}rel_drift_max"] = record["rel_drift_max"]
+        if self.args.slow_tuning_log_layers and getattr(state, "is_world_process_zero", True) and args.output_dir:
+            drift_log.append_row(args.output_dir, {**summary, "layers": record["layers"], "projected": record["projected"]})
+
+    @staticmethod
+    def step_epoch(state: Any) -> int:
+        """Index of the epoch an optimizer step belongs to, from ``state.epoch`` after the step (e.g. 1.0 -> 0)."""
+        return max(0, math.ceil((state.epoch or 0.0) - 1e-9) - 1)
+
+    # ---- hooks --------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.enabled:
+            return
+        if model is None:
+            raise ValueError("SlowTuningCallback needs the model in on_train_begin")
+        directory = self._pending_dir
+        if directory is None and state.global_step > 0:
+            candidate = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if has_state(candidate):
+                directory = candidate
+            else:
+                raise RuntimeError(
+                    f"resuming at step {state.global_step} but no slow-tuning anchor was loaded: call "
+                    "SlowTuningCallback.load_anchor(checkpoint_dir) from the trainer's _load_from_checkpoint"
+                )
+        self._pending_dir = None
+        main = getattr(state, "is_world_process_zero", True)
+        if directory is None:
+            self._reset()
+            self.anchor(model)
+            if main and args.output_dir:  # a fresh run: a new drift log, never appended to a previous run's
+                drift_log.start(args.output_dir)
+        else:
+            self._restore(directory, model, state.global_step, args, main)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.enabled or not self.units:
+            return
+        k = self.args.slow_tuning_check_every
+        if state.global_step % k == 0:
+            self._record(self.check(state.global_step, self.step_epoch(state)), args, state)
+            self._last_check_step = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if not self.enabled or not self.units:
+            return
+        epoch = self.step_epoch(state)
+        if self._last_check_step != state.global_step:
+            self._record(self.check(state.global_step, epoch), args, state)
+            self._last_check_step = state.global_step
+        last = self.history[-1] if self.history else {"drift_mean": 0.0, "drift_max": 0.0}
+        run = self._epoch_running
+        rec = {
+            "epoch": float(epoch),
+            "drift_mean": last["drift_mean"],
+            "drift_max": last["drift_max"],
+            "drift_max_steps": run["drift_max_steps"] if run["epoch"] == epoch else last["drift_max"],
+            "projections": float(run["projections"] if run["epoch"] == epoch else 0),
+        }
+        self.epoch_records.append(rec)
+        self.metrics.update({f"{PREFIX}epoch_{k}": v for k, v in rec.items() if k != "epoch"})
+        self.metrics[f"{PREFIX}epoch_index"] = float(epoch)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not self.enabled or not self.units or not getattr(args, "should_save", True):
+            return
+        directory = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(directory):
+            self.save_anchor(directory)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # Fallback when the trainer did not merge pop_metrics() into logs itself.
+        if not self.metrics or logs is None:
+            return
+        metrics = self.pop_metrics()
+        logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+
+    def pop_metrics(self) -> dict[str, float]:
+        """The ``slow_tuning/*`` metrics since the last call (for ``Trainer.log``); resets the per-log counters."""
+        metrics, self.metrics = self.metrics, {}
+        self._projections_since_log = 0
+        return metrics
+
+    # ---- persistence --------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.metrics, self.history, self.epoch_records = {}, [], []
+        self.projections_total, self._projections_since_log, self._last_check_step = 0, 0, -1
+        self._epoch_running = {"epoch": 0, "drift_max_steps": 0.0, "projections": 0}
+
+    def save_anchor(self, directory: str) -> None:
+        """Write the anchor tensors and the callback's state into ``directory`` (a checkpoint folder)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for u in self.units:
+            if isinstance(u, _FullUnit):
+                tensors[f"w0::{u.name}"] = u.w0.detach().cpu().contiguous()
+            elif isinstance(u, _LoraUnit) and u.has_delta0:
+                tensors[f"a0::{u.name}"] = u.a0.detach().cpu().contiguous()
+                tensors[f"b0::{u.name}"] = u.b0.detach().cpu().contiguous()
+        state = {
+            "rule": self.rule,
+            "units": [
+                {"name": u.name, "w0_norm": u.w0_norm, "unit_norm": u.unit_norm, "status": u.status}
+                for u in self.units
+            ],
+            "projections_total": self.projections_total,
+            "projections_since_log": self._projections_since_log,
+            "last_check_step": self._last_check_step,
+            "epoch_running": self._epoch_running,
+            "epoch_records": self.epoch_records,
+            "history": self.history,
+            "metrics": self.metrics,
+        }
+        write_checkpoint(directory, tensors, state)
+
+    def load_anchor(self, checkpoint_dir: str) -> bool:
+        """Register ``checkpoint_dir``'s anchor for the coming ``on_train_begin`` (call it on resume).
+
+        Returns False when slow tuning is off; raises ``FileNotFoundError`` when the checkpoint has no anchor.
+        """
+        if not self.enabled:
+            return False
+        if not has_state(checkpoint_dir):
+            raise FileNotFoundError(
+                f"{checkpoint_dir} has no {STATE_FILE}: it was not trained with slow tuning, so the anchor W0 "
+                "(the weights at the start of training) is unknown"
+            )
+        self._pending_dir = str(checkpoint_dir)
+        return True
+
+    def _restore(self, directory: str, model: torch.nn.Module, step: int, args: Any, main: bool = True) -> None:
+        state, tensors = read_checkpoint(directory)
+        if state["rule"] != self.rule:
+            logger.warning("slow tuning: checkpoint rule %s, now %s", state["rule"], self.rule)
+        self.anchor(model, saved={"state": state, "tensors": tensors})
+        self.projections_total = state["projections_total"]
+        self._projections_since_log = state["projections_since_log"]
+        self._last_check_step = state["last_check_step"]
+        self._epoch_running = state["epoch_running"]
+        self.epoch_records = state["epoch_records"]
+        self.history = state["history"]
+        self.metrics = state["metrics"]
+        if main and args.output_dir:  # continue the checkpoint's run: its rows up to the step, none past it
+            drift_log.resume(args.output_dir, directory, step)
