@@ -8,7 +8,8 @@ The run folder holds ``state.json``::
 
 A stage is skipped when its entry is ``done`` with the same fingerprint (a hash of its settings and of
 the fingerprints and finish times of the stages it depends on, so a rerun upstream reruns what follows). Otherwise it runs: a ``running`` entry (a killed run) runs
-again without wiping its folder, so training stages resume from their last checkpoint; a fingerprint
+again without wiping its folder, so training stages resume from their last complete checkpoint (one the kill
+cut short is skipped: :func:`.training.last_checkpoint`); a fingerprint
 change or ``force`` wipes the stage folder first. ``state.json`` is written atomically. Independent stages can run
 concurrently as a group (:meth:`StageRunner.run_group`); the group's wall time is recorded beside each stage's own.
 """

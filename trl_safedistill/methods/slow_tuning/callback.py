@@ -67,6 +67,7 @@ class SlowTuningCallback(TrainerCallback):
         self._projections_since_log = 0
         self._pending_dir: str | None = None
         self._last_check_step = -1
+        self.saved_to: str | None = None  # the checkpoint folder the anchor was last written to
 
     # ---- set-up -------------------------------------------------------------------------------------------
     @property
@@ -228,7 +229,7 @@ class SlowTuningCallback(TrainerCallback):
         if not self.enabled or not self.units or not getattr(args, "should_save", True):
             return
         directory = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if os.path.isdir(directory):
+        if os.path.isdir(directory) and self.saved_to != directory:  # SafeDistillTrainer wrote it before its own files
             self.save_anchor(directory)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -276,6 +277,7 @@ class SlowTuningCallback(TrainerCallback):
             "metrics": self.metrics,
         }
         write_checkpoint(directory, tensors, state)
+        self.saved_to = directory
 
     def load_anchor(self, checkpoint_dir: str) -> bool:
         """Register ``checkpoint_dir``'s anchor for the coming ``on_train_begin`` (call it on resume).
