@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from trl_safedistill import demo
+from trl_safedistill.experiments import demo
 from trl_safedistill.experiments.demo_pipeline import DemoPipeline
 from trl_safedistill.experiments.schema import SchemaError, validate, validate_file
 from trl_safedistill.experiments.sizes import get_size
@@ -198,11 +198,11 @@ def test_schema_rejects_malformed_metrics(tiny_run):
     validate(metrics)
     broken = json.loads(json.dumps(metrics))
     del broken["models"][1]["metrics"]["refusal"]
-    with pytest.raises(SchemaError, match="refusal"):
+    with pytest.raises(SchemaError, match=r"^\$\.models\[1\]\.metrics: 'refusal' is a required property"):
         validate(broken)
     broken = json.loads(json.dumps(metrics))
     broken["models"][0]["curve"][0]["refusal"] = 1.5
-    with pytest.raises(SchemaError, match="maximum"):
+    with pytest.raises(SchemaError, match=r"^\$\.models\[0\]\.curve\[0\]\.refusal: .*maximum"):
         validate(broken)
 
 
@@ -215,7 +215,7 @@ def test_unknown_size_field_and_method_are_rejected():
 
 
 def test_sweep_writes_one_point_per_setting(tiny_run, tmp_path):
-    from trl_safedistill import sweep
+    from trl_safedistill.experiments import sweep
 
     original, _ = tiny_run
     run_dir = tmp_path / "run"
@@ -253,7 +253,7 @@ def test_sweep_writes_one_point_per_setting(tiny_run, tmp_path):
 
 
 def test_sweep_grid_words_reference_and_duplicates():
-    from trl_safedistill import sweep
+    from trl_safedistill.experiments import sweep
     from trl_safedistill.experiments.variants import PRE_ALIGNMENT, Method
 
     grid = sweep.parse_grid(["slow_tuning_budget=0,0.25", "slow_tuning_rule=project,direction", "entropy_mask_quantile=0.5",
@@ -296,7 +296,7 @@ def test_sweep_best_point_prefers_the_most_learned_safe_setting():
 
 
 def test_shipped_sweep_grid_file_equals_the_default_grids():
-    from trl_safedistill import sweep
+    from trl_safedistill.experiments import sweep
 
     path = Path(__file__).resolve().parents[1] / "recipes/sweep/embedded-default.yaml"
     assert sweep.load_grid_file(path) == sweep.DEFAULT_GRIDS

@@ -84,3 +84,48 @@ def test_skip_invalid_counts_and_keeps_only_whole_records(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(RecordError, match="file not found"):
         load_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_non_utf8_byte_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"id": "b", "question": "caf\xe9?", "rationale": "r", "answer": "1"}\n')
+    with pytest.raises(RecordError) as info:
+        load_jsonl(path)
+    assert info.value.line == 2 and str(info.value).startswith(f"{path}:2: ")
+    assert "not valid UTF-8" in str(info.value) and "0xe9" in str(info.value)
+
+
+def test_skip_invalid_skips_broken_json_and_bad_bytes_and_lists_their_lines(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    good = [json.dumps({**GOOD, "id": f"g{i}"}).encode() for i in range(3)]
+    path.write_bytes(b"\n".join([good[0], b'{"id": "x", "question": ', good[1], b'{"id": "\xff"}', good[2],
+                                 json.dumps({"id": "m", "question": "q"}).encode()]) + b"\n")
+    report = LoadReport()
+    records = load_jsonl(path, skip_invalid=True, report=report)
+    assert [r.id for r in records] == ["g0", "g1", "g2"]
+    assert report.kept == 3 and report.skipped == 3 and report.lines == [2, 4, 6]
+    summary = report.summary(str(path))
+    assert summary.startswith(f"skipped 3 invalid records of {path} at lines 2, 4, 6 (")
+    assert "not valid JSON x1" in summary and "not valid UTF-8 x1" in summary and "kept 3" in summary
+
+
+def test_skip_summary_lists_the_first_20_lines_then_counts(tmp_path):
+    lines = [{**GOOD, "id": f"ok{i}"} if i % 2 == 0 else {"id": f"bad{i}", "question": "q"} for i in range(50)]
+    report = LoadReport()
+    load_jsonl(write_lines(tmp_path / "many.jsonl", lines), skip_invalid=True, report=report)
+    summary = report.summary()
+    assert report.skipped == 25
+    assert "at lines 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40 and 5 more (" in summary
+
+
+def test_question_files_name_the_line_of_a_non_utf8_byte(tmp_path):
+    from trl_safedistill.data.questions import load_questions
+
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_bytes(b'{"question": "ok?", "answer": "1"}\n{"question": "caf\xe9?", "answer": "2"}\n')
+    with pytest.raises(RecordError, match=r"q\.jsonl:2: not valid UTF-8"):
+        load_questions(str(jsonl))
+    whole = tmp_path / "q.json"
+    whole.write_bytes(b'[\n {"question": "ok?", "answer": "1"},\n {"question": "caf\xe9?", "answer": "2"}\n]\n')
+    with pytest.raises(RecordError, match=r"q\.json:3: not valid UTF-8"):
+        load_questions(str(whole))

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from trl_safedistill.dataset import OverlongRecordError
+from trl_safedistill.records import RecordError
 from trl_safedistill.train import main, make_parser
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/*/*.yaml"))
@@ -120,3 +122,29 @@ def test_refusal_mix_option_adds_the_requested_share_of_align_split_refusals():
     assert len(records) == 50 and len(refusals) == 10  # 10 / 50 = 20%
     evaluated = set(safety_split(advbench_goals(), "eval"))
     assert not evaluated & {r.question for r in refusals}
+
+
+def test_skip_invalid_records_skips_broken_lines_and_lists_them(tmp_path, tiny_model_dir, capsys):
+    """``--skip_invalid_records`` skips a line that is not JSON or not UTF-8 too, and says which lines it skipped."""
+    data = write_records(tmp_path / "broken.jsonl")
+    lines = data.read_bytes().splitlines()
+    lines[1] = lines[1][:20]  # a line cut short: not JSON
+    lines[3] = lines[3].replace(b"times", b"fois \xe9")  # a Latin-1 byte: not UTF-8
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    flags = common_flags(tmp_path, tiny_model_dir, "standard") + ["--learning_rate", "0.01", "--dataset_name", str(data)]
+    with pytest.raises(RecordError, match=r"broken\.jsonl:2: not valid JSON"):
+        main(flags)
+    assert main(flags + ["--skip_invalid_records", "true"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped 2 invalid records of {data} at lines 2, 4 (" in err and "kept 4" in err
+
+
+def test_an_overlong_record_stops_train_before_training_by_default(tmp_path, tiny_model_dir):
+    data = write_records(tmp_path / "long.jsonl")
+    long_row = {"id": "long", "question": "Count.", "rationale": " ".join(["one two three"] * 60), "answer": "3"}
+    data.write_text(data.read_text() + json.dumps(long_row) + "\n")
+    flags = common_flags(tmp_path, tiny_model_dir, "cascade") + ["--dataset_name", str(data)]
+    with pytest.raises(OverlongRecordError, match=r"1 of 7 records are longer than max_length 128 .*record 'long'"):
+        main(flags)
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists() and not (tmp_path / "out" / "model.safetensors").exists()
+    assert main(flags + ["--overlong", "truncate_rationale"]) == 0

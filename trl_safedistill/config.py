@@ -6,7 +6,8 @@ Fields, by group:
   ``answer_phrase``, ``cascade_alpha`` (CasCoD's alpha), ``answer_first_marker``, ``compression_ratios``
   (TokenSkip's ratio set for ``compressed``).
 * **Data** — ``dataset_path``/``dataset_config`` style options live in the training script's
-  ``ScriptArguments``; here only what the trainer itself needs: ``skip_invalid_records``.
+  ``ScriptArguments``; here only what the trainer itself needs: ``skip_invalid_records`` and ``overlong``
+  (what to do with a record longer than ``max_length``).
 * **SLowED** — low-entropy masking and slow tuning, inherited from
   :class:`~trl_safedistill.methods.arguments.SLowEDArguments` (documented there).
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .formats.base import OVERLONG_POLICIES
 from .formats.compressed import DEFAULT_RATIOS, ratio_key
 from .methods.arguments import SLowEDArguments
 
@@ -58,6 +60,14 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
             Unlike SFTConfig (True), None picks bf16 when a CUDA GPU supports it, so the same config runs on a CPU.
         skip_invalid_records (`bool`, defaults to `False`):
             Skip (and count) invalid rationale records instead of stopping at the first with an error.
+        overlong (`str`, defaults to `"error"`):
+            What to do with a record one of whose sequences is longer than `max_length` tokens (cutting it at
+            `max_length` would cut its answer away): `error` stops before training, naming the first such record, its
+            length and this field; `skip` leaves those records out; `truncate_rationale` shortens each one's rationale
+            (its tail, at a token boundary) until every sequence fits, keeping the answer (in `cascade`, both the
+            rationale and the answer sequence); `truncate` cuts each sequence at `max_length` as TRL does (per
+            `truncation_mode`), the answer too, for reproducing runs made that way. The count of affected records
+            is printed and logged (`overlong/train`). Pre-tokenized datasets accept `error`, `skip` and `truncate`.
     """
 
     bf16: bool | None = field(
@@ -97,7 +107,16 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
     )
     skip_invalid_records: bool = field(
         default=False,
-        metadata={"help": "Skip and count invalid records instead of raising on the first one."},
+        metadata={"help": "Skip and count invalid records (with their line numbers) instead of raising on the first one."},
+    )
+    overlong: str = field(
+        default="error",
+        metadata={
+            "help": "A record longer than max_length: 'error' (stop, naming it), 'skip' (leave it out), "
+            "'truncate_rationale' (shorten its rationale, keep the answer) or 'truncate' (cut at max_length, the "
+            "answer too). The count is printed and logged.",
+            "choices": list(OVERLONG_POLICIES),
+        },
     )
 
     def __post_init__(self) -> None:
@@ -113,6 +132,8 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
             raise ValueError(f"cascade_alpha must lie in [0, 1], got {self.cascade_alpha}")
         if self.segment_loss not in ("auto", "pooled", "mixed"):
             raise ValueError(f"segment_loss must be auto, pooled or mixed, got '{self.segment_loss}'")
+        if self.overlong not in OVERLONG_POLICIES:
+            raise ValueError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got '{self.overlong}'")
 
     @property
     def uses_mixed_loss(self) -> bool:

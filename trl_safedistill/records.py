@@ -4,7 +4,8 @@ Every data source (JSONL files, Hugging Face datasets, the shipped ``bbh-cot`` r
 generation, synthetic problems) yields :class:`RationaleRecord` objects, and every format renders them.
 A record is either whole and valid or it is not produced at all: the loader raises a
 :class:`RecordError` naming the file, the line and the field, or (with ``skip_invalid=True``) skips
-the record and counts it in a :class:`LoadReport`. Nothing half-parsed reaches training.
+the record and counts it in a :class:`LoadReport`, with its line number. A line that is not valid
+UTF-8 or not valid JSON is such a record too. Nothing half-parsed reaches training.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 #: Answer phrases tried, in order, when a single chain-of-thought string must be split into rationale
 #: and answer. CasCoD's teacher prompts end with the first one, the BBH prompts with the second.
 DEFAULT_ANSWER_PHRASES: tuple[str, ...] = ("Therefore, the answer is", "So the answer is", "The answer is")
 
 
-class RecordError(ValueError):
-    """One invalid record: ``source:line: field 'name': reason``."""
+class RecordError(UserError):
+    """One invalid record: ``source:line: field 'name': reason`` (a :class:`~trl_safedistill.errors.UserError`)."""
 
     def __init__(self, source: str, line: int | None, field_name: str | None, reason: str):
         self.source, self.line, self.field, self.reason = source, line, field_name, reason
@@ -59,20 +62,42 @@ class RationaleRecord:
         return data
 
 
+#: How many skipped line numbers :meth:`LoadReport.summary` lists before it only counts the rest.
+LISTED_LINES = 20
+
+
 @dataclass
 class LoadReport:
-    """What a loader read: records kept and, with ``skip_invalid``, the skipped ones by reason."""
+    """What a loader read: records kept and, with ``skip_invalid``, the skipped ones by line and by reason."""
 
     kept: int = 0
     skipped: int = 0
     reasons: Counter = field(default_factory=Counter)
     first_errors: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
 
     def add_error(self, error: RecordError) -> None:
         self.skipped += 1
-        self.reasons[f"{error.field}: {error.reason}"] += 1
+        kind = _reason_kind(error.reason)
+        self.reasons[kind if error.field is None else f"{error.field}: {kind}"] += 1
+        if error.line is not None:
+            self.lines.append(error.line)
         if len(self.first_errors) < 5:
             self.first_errors.append(str(error))
+
+    def summary(self, source: str | None = None) -> str:
+        """One line: how many records were skipped, their line numbers (the first 20, then a count) and why."""
+        where = f" of {source}" if source else ""
+        listed = ", ".join(str(line) for line in self.lines[:LISTED_LINES])
+        more = f" and {len(self.lines) - LISTED_LINES} more" if len(self.lines) > LISTED_LINES else ""
+        at = f" at line{'s' if len(self.lines) > 1 else ''} {listed}{more}" if self.lines else ""
+        why = "; ".join(f"{reason} x{count}" for reason, count in self.reasons.most_common())
+        return f"skipped {self.skipped} invalid record{'s' if self.skipped != 1 else ''}{where}{at} ({why}); kept {self.kept}"
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its positions and values, so that equal mistakes count together."""
+    return reason.split(" (", 1)[0]
 
 
 def clean_answer(answer: str) -> str:
@@ -220,26 +245,45 @@ def record_from_mapping(
     )
 
 
-def read_jsonl_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, parsed_json)`` for each non-blank line; a bad line raises :class:`RecordError`."""
+def read_jsonl_rows(path: str | Path, on_error: Callable[[RecordError], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, parsed_json)`` for each non-blank line of a JSONL (or ``.jsonl.gz``) file.
+
+    A line that is not valid UTF-8 or not valid JSON is a :class:`RecordError` naming the file and line:
+    raised, or, with ``on_error``, passed to it and skipped (the next lines are still read).
+    """
     path = Path(path)
-    opener = _open_maybe_gzip(path)
-    with opener as handle:
-        for number, raw in enumerate(handle, start=1):
+    with _open_maybe_gzip(path) as handle:
+        for number, data in enumerate(handle, start=1):
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                column = len(data[: error.start].decode("utf-8", errors="replace")) + 1
+                bad = RecordError(str(path), number, None,
+                                  f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {column}): save the file as UTF-8")
+                if on_error is None:
+                    raise bad from None
+                on_error(bad)
+                continue
             if not raw.strip():
                 continue
             try:
-                yield number, json.loads(raw)
+                row = json.loads(raw)
             except json.JSONDecodeError as error:
-                raise RecordError(str(path), number, None, f"not valid JSON ({error.msg} at column {error.colno})") from None
+                bad = RecordError(str(path), number, None, f"not valid JSON ({error.msg} at column {error.colno})")
+                if on_error is None:
+                    raise bad from None
+                on_error(bad)
+                continue
+            yield number, row
 
 
 def _open_maybe_gzip(path: Path):
+    """The file in binary mode, decompressed when it ends in ``.gz`` (lines are decoded one by one)."""
     if path.suffix == ".gz":
         import gzip
 
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rb")
+    return path.open("rb")
 
 
 def validate_rows(
@@ -301,14 +345,16 @@ def load_jsonl(
     """Load rationale records from a JSONL (or ``.jsonl.gz``) file, validating every line.
 
     With ``skip_invalid=False`` (default) the first bad line raises :class:`RecordError`; nothing is
-    returned, so nothing is trained on. A line that is not JSON always raises: the file is corrupt.
-    ``on_record`` is passed to :func:`validate_rows`.
+    returned, so nothing is trained on. With ``skip_invalid=True`` every bad line (invalid record, not
+    UTF-8, not JSON) is skipped and counted in ``report`` with its line number. ``on_record`` is passed
+    to :func:`validate_rows`.
     """
     path = Path(path)
     if not path.exists():
         raise RecordError(str(path), None, None, "file not found")
+    report = report if report is not None else LoadReport()
     return validate_rows(
-        read_jsonl_rows(path),
+        read_jsonl_rows(path, on_error=report.add_error if skip_invalid else None),
         source=str(path),
         column_map=column_map,
         answer_phrases=answer_phrases,

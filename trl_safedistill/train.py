@@ -5,21 +5,26 @@ Also ``accelerate launch -m trl_safedistill.train --config RECIPE.yaml``. The pa
 the YAML sets values, command-line flags override them. QLoRA comes from ``ModelConfig``
 (``load_in_4bit``, ``bnb_4bit_quant_type: nf4``, ``use_peft``, ``lora_*``) through TRL's
 ``get_quantization_config`` / ``get_peft_config``. ``model_name_or_path: embedded-default`` selects
-the offline SmolLM2-135M-Instruct.
+the offline SmolLM2-135M-Instruct. A rerun into an ``output_dir`` with checkpoints resumes from the newest
+complete one (:mod:`trl_safedistill.checkpoints`; one a kill cut short is skipped); ``--overwrite_output_dir``
+starts from step 0 instead, ``--resume_from_checkpoint`` takes ``true`` or a checkpoint folder.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .config import SafeDistillConfig
 from .data.safety_mix import SafetyMixArguments
+from .errors import UserError
 from .formats.compressed import ratio_key
+from .recipe import RecipeParser, check_model_name
 from .records import DEFAULT_ANSWER_PHRASES, LoadReport, RationaleRecord, load_jsonl
 
 
@@ -47,6 +52,11 @@ class DistillScriptArguments(SafetyMixArguments):
     )
     bbh_cot_tasks: list[str] | None = field(default=None, metadata={"help": "bbh-cot tasks to use (default: all 14)."})
     max_train_records: int | None = field(default=None, metadata={"help": "Use at most this many records."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start from step 0 in an output_dir that holds checkpoints (they are removed); by default "
+                          "a run resumes from the newest complete one."},
+    )
 
 
 def load_records(
@@ -62,7 +72,7 @@ def load_records(
     from .dataset import keep_compressions
 
     report = LoadReport()
-    column_map = json.loads(script_args.column_map) if script_args.column_map else None
+    column_map = _column_map(script_args.column_map)
     name = script_args.dataset_name
     if name == "bbh-cot":
         from .data.bbh_cot import load_bbh_cot
@@ -71,6 +81,8 @@ def load_records(
                                tasks=script_args.bbh_cot_tasks)
         report.kept = len(records)
     elif name == "mini" or name.endswith((".jsonl", ".jsonl.gz", ".json")) or Path(name).is_file():
+        if name != "mini" and not Path(name).is_file():
+            raise UserError(f"dataset_name: {name}: file not found; give a JSONL file, 'bbh-cot', 'mini' or a dataset")
         if name == "mini":
             name = str(Path(__file__).parent / "resources" / "mini_rationales.jsonl")
         records = load_jsonl(name, column_map=column_map, answer_phrases=script_args.answer_phrases,
@@ -78,10 +90,18 @@ def load_records(
                              on_record=keep_compressions(compressions, name) if compressions is not None else None)
     else:
         from datasets import load_dataset
+        from datasets.exceptions import DatasetNotFoundError
 
+        from .errors import one_line
         from .records import validate_rows
 
-        dataset = load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
+        try:
+            dataset = load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
+        except (FileNotFoundError, ConnectionError, DatasetNotFoundError) as error:
+            raise UserError(
+                f"dataset_name: '{name}' is not a JSONL file, 'bbh-cot', 'mini' or a dataset found here "
+                f"({one_line(error)}); check the name (offline, only local folders and cached datasets load)"
+            ) from error
         records = validate_rows(((i + 1, row) for i, row in enumerate(dataset)), source=name, column_map=column_map,
                                 answer_phrases=script_args.answer_phrases, skip_invalid=skip_invalid, report=report,
                                 on_record=keep_compressions(compressions, name) if compressions is not None else None)
@@ -94,12 +114,27 @@ def load_records(
         prompts = safety_split(advbench_goals(), "align")  # never an evaluated prompt
         records = mix_refusals(records, script_args.refusal_mix_fraction, prompts, seed=script_args.refusal_mix_seed)
     if not records:
-        raise ValueError(f"{name}: no valid rationale record to train on")
+        raise UserError(f"{name}: no valid rationale record to train on" + (f" ({report.summary()})" if report.skipped else ""))
     return records, report
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((DistillScriptArguments, SafeDistillConfig, ModelConfig))
+def _column_map(value: str | None) -> dict[str, str] | None:
+    """``column_map`` parsed: a JSON object of record field -> column name."""
+    if not value:
+        return None
+    try:
+        mapping = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as error:
+        raise UserError(f"column_map: not valid JSON ({error.msg} at column {error.colno}): write it like "
+                        '{"question": "input", "cot": "prediction"}') from None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise UserError('column_map: expected a JSON object of field -> column names, like {"question": "input"}')
+    return mapping
+
+
+def make_parser() -> RecipeParser:
+    """TRL's parser over the three dataclasses; its mistakes are one-line errors naming the recipe file and key."""
+    return RecipeParser((DistillScriptArguments, SafeDistillConfig, ModelConfig))
 
 
 def model_card(script_args: DistillScriptArguments, args: SafeDistillConfig, model_args: ModelConfig, n_records: int) -> str:
@@ -130,19 +165,24 @@ def model_card(script_args: DistillScriptArguments, args: SafeDistillConfig, mod
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    check_model_name(model_args.model_name_or_path)
     return run(script_args, training_args, model_args)
 
 
 def run(script_args: DistillScriptArguments, training_args: SafeDistillConfig, model_args: ModelConfig) -> int:
     from datasets import Dataset
 
+    from .checkpoints import callback_files, resolve_resume
     from .models import load_tokenizer, resolve_model_path
     from .trainer import SafeDistillTrainer
 
+    # Decided before anything loads, so a bad --resume_from_checkpoint fails at once (CheckpointError, one line)
+    resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint,
+                            overwrite=script_args.overwrite_output_dir, extra_files=callback_files(training_args))
     compressions = {} if training_args.distill_format == "compressed" else None
     records, report = load_records(script_args, training_args.skip_invalid_records, compressions)
     if report.skipped:
-        print(f"skipped {report.skipped} invalid records: {dict(report.reasons)}", file=sys.stderr)
+        print(report.summary(script_args.dataset_name), file=sys.stderr)
     model_path = resolve_model_path(model_args.model_name_or_path)
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -166,7 +206,13 @@ def run(script_args: DistillScriptArguments, training_args: SafeDistillConfig, m
         quantization_config=quantization_config,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if trainer.is_world_process_zero():
+        if resume.message:
+            trainer.accelerator.print(resume.message)
+        for folder in resume.remove:  # --overwrite_output_dir: the previous run's checkpoints
+            shutil.rmtree(folder, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.train(resume_from_checkpoint=resume.checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         Path(training_args.output_dir, "README.md").write_text(
@@ -188,4 +234,6 @@ def _kbit_device_map():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .errors import run_command
+
+    sys.exit(run_command(main, sys.argv[1:], prog="trl_safedistill.train"))

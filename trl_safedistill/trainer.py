@@ -26,17 +26,26 @@ only in that case); with one micro-batch per step they come from the training fo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from trl import SFTTrainer
 
 from .config import SafeDistillConfig
-from .dataset import SegmentCollator, is_record_dataset, records_from_rows, tokenize_records
-from .formats import Segment, get_format
-from .formats.answer_first import AnswerFirstFormat
-from .formats.compressed import CompressedFormat
+from .dataset import (
+    OverlongRecordError,
+    OverlongReport,
+    SegmentCollator,
+    is_record_dataset,
+    records_from_rows,
+    tokenize_records,
+)
+from .errors import UserError
+from .formats import FORMAT_FILE, Segment, format_settings, get_format
+from .records import LoadReport
 
 #: Low-entropy masking statistics logged per step (prefixed ``entropy_mask/``).
 LOGGED_MASK_STATS = ("masked_fraction", "entropy_kept_mean", "entropy_masked_mean", "entropy_threshold")
@@ -65,6 +74,9 @@ class SafeDistillTrainer(SFTTrainer):
             raise TypeError(f"SafeDistillTrainer needs a SafeDistillConfig, got {type(args).__name__}")
         if args.packing:
             raise ValueError("packing=True is not supported: segment ids would cross packed sequence boundaries.")
+        #: dataset name -> what the ``overlong`` policy did there; logged once as ``overlong/<name>``
+        self.overlong_reports: dict[str, OverlongReport] = {}
+        self._overlong_logged = False
         super().__init__(model, args, *pargs, **kwargs)
         self.data_collator = SegmentCollator(self.data_collator)
         self._window_counts: torch.Tensor | None = None
@@ -85,40 +97,78 @@ class SafeDistillTrainer(SFTTrainer):
         dataset's ``compressed`` column. Each record's ratio is ``choose_ratio(id, args.compression_ratios,
         args.seed)``; a record drawn at a ratio below 1 that it has no text for raises ``ValueError`` naming it.
         """
-        if args.distill_format == "answer_first":
-            return AnswerFirstFormat(answer_phrase=args.answer_phrase, marker=args.answer_first_marker)
-        if args.distill_format == "compressed":
-            return CompressedFormat(
-                answer_phrase=args.answer_phrase, ratios=args.compression_ratios, seed=args.seed,
-                compressions=dict(compressions or {}),
-            )
-        return get_format(args.distill_format, answer_phrase=args.answer_phrase)
+        compressed = args.distill_format == "compressed"
+        return get_format(
+            args.distill_format,
+            answer_phrase=args.answer_phrase,
+            marker=args.answer_first_marker if args.distill_format == "answer_first" else None,
+            ratios=args.compression_ratios if compressed else None,
+            seed=args.seed,
+            compressions=dict(compressions or {}) if compressed else None,
+        )
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         columns = dataset.column_names or []
         if is_record_dataset(columns):
             compressions = {} if args.distill_format == "compressed" else None
+            source = f"{dataset_name} dataset"
+            loaded = LoadReport()
             records = records_from_rows(
-                dataset, source=f"{dataset_name} dataset", skip_invalid=args.skip_invalid_records, compressions=compressions
+                dataset, source=source, skip_invalid=args.skip_invalid_records, compressions=compressions, report=loaded
             )
+            if loaded.skipped:
+                _main_print(loaded.summary(source))
             if not records:
-                raise ValueError(f"The {dataset_name} dataset has no valid rationale record to train on.")
+                raise UserError(f"The {dataset_name} dataset has no valid rationale record to train on.")
+            report = self.overlong_reports[dataset_name] = OverlongReport(args.overlong, args.max_length)
             dataset = tokenize_records(
                 records,
                 getattr(processing_class, "tokenizer", processing_class),
                 self.distill_format(args, compressions),
                 max_length=args.max_length,
                 truncation_mode=args.truncation_mode,
+                overlong=args.overlong,
+                report=report,
+                source=source,
             )
+            if report.count:
+                _main_print(report.summary(source))
             if args.shuffle_dataset:
                 dataset = dataset.shuffle(seed=args.seed)
             return dataset
         if "segment_ids" in columns and args.max_length is not None:
-            dataset = dataset.map(lambda row: {"segment_ids": _truncate(row["segment_ids"], args)})
-            dataset = dataset.map(
-                lambda row: {"input_ids": _truncate(row["input_ids"], args), "labels": _truncate(row["labels"], args)}
-            )
+            dataset = self._apply_overlong_to_tokens(dataset, args, dataset_name)
         return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+
+    def _apply_overlong_to_tokens(self, dataset, args: SafeDistillConfig, dataset_name: str):
+        """``overlong`` on a pre-tokenized dataset (``segment_ids``): stop, leave out or cut rows over ``max_length``."""
+        source = f"{dataset_name} dataset"
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        over = [index for index, length in enumerate(lengths) if length > args.max_length]
+        report = self.overlong_reports[dataset_name] = OverlongReport(args.overlong, args.max_length, total=len(lengths))
+        ids = dataset["record_id"] if "record_id" in dataset.column_names else [f"row {i + 1}" for i in range(len(lengths))]
+        report.records = [(str(ids[index]), lengths[index]) for index in over]
+        if not over:
+            return dataset
+        if args.overlong == "error":
+            raise OverlongRecordError(
+                f"{source}: {len(over)} of {len(lengths)} tokenized rows are longer than max_length {args.max_length} "
+                f"(first: {report.records[0][0]}, {report.records[0][1]} tokens), and cutting them would lose the answer: "
+                "raise max_length, or set overlong: skip (leave them out) or overlong: truncate (cut them anyway)"
+            )
+        if args.overlong == "truncate_rationale":
+            raise UserError(
+                f"{source}: overlong: truncate_rationale needs a dataset of records (question, rationale, answer), not "
+                "tokenized rows; use error, skip or truncate here"
+            )
+        _main_print(report.summary(source))
+        if args.overlong == "skip":
+            drop = set(over)
+            return dataset.select([index for index in range(len(lengths)) if index not in drop])
+        dataset = dataset.map(lambda row: {"segment_ids": _truncate(row["segment_ids"], args)})
+        return dataset.map(
+            lambda row: {"input_ids": _truncate(row["input_ids"], args), "labels": _truncate(row["labels"], args)}
+        )
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -260,13 +310,48 @@ class SafeDistillTrainer(SFTTrainer):
         """TRL's metrics plus slow tuning's drift metrics, before the reporters (wandb, tensorboard) see them."""
         if self.slow_tuning is not None:
             logs.update(self.slow_tuning.pop_metrics())
+        if not self._overlong_logged and self.overlong_reports:
+            self._overlong_logged = True
+            logs.update({f"overlong/{name}": float(report.count) for name, report in self.overlong_reports.items()})
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """TRL's ``save_model``, plus the format settings evaluation prompts the student with
+        (:data:`~trl_safedistill.formats.FORMAT_FILE`: format, answer phrase, answer-first marker)."""
+        super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero():
+            from .atomic import write_json
+
+            write_json(Path(output_dir or self.args.output_dir) / FORMAT_FILE, format_settings(self.distill_format(self.args)))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write slow tuning's anchor into the checkpoint folder *before* transformers writes its own files.
+
+        transformers writes ``trainer_state.json`` last and then deletes older checkpoints; callbacks' ``on_save``
+        runs after both. Writing the anchor first makes ``trainer_state.json`` the last file of a complete
+        checkpoint (:mod:`trl_safedistill.checkpoints`), so a kill can never leave the only surviving checkpoint
+        without its anchor.
+        """
+        if self.slow_tuning is not None and self.slow_tuning.enabled and self.slow_tuning.units and self.args.should_save:
+            directory = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            self.slow_tuning.save_anchor(directory)
+        super()._save_checkpoint(model, trial)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.slow_tuning is not None:
             self.slow_tuning.load_anchor(resume_from_checkpoint)
+
+
+def _main_print(line: str) -> None:
+    """One line on stderr, from the main process only (datasets are prepared before Trainer's accelerator exists)."""
+    import sys
+
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _truncate(values: list[int], args: SafeDistillConfig) -> list[int]:

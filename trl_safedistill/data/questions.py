@@ -126,8 +126,14 @@ def questions_from_rows(rows: Iterable[tuple[int | None, Any]], *, source: str, 
 
 def _file_rows(path: Path) -> Iterable[tuple[int | None, Any]]:
     if path.suffix == ".json":
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = raw.count(b"\n", 0, error.start) + 1
+            raise RecordError(str(path), line, None, f"not valid UTF-8 (byte 0x{raw[error.start]:02x}): save the file as UTF-8") from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as error:
             raise RecordError(str(path), error.lineno, None, f"not valid JSON ({error.msg})") from None
         if isinstance(data, Mapping):

@@ -24,12 +24,13 @@ compressed row). The report then compares each compressed row with ``--compressi
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..formats import FORMATS
+from ..formats import FORMATS, read_format_settings
 from ..formats.compressed import ratio_key
 
 
@@ -71,17 +72,54 @@ def _parse_ratio(text: str, spec: str) -> float:
     return g
 
 
-def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The rows to evaluate, ``{"name", "adapter", "format", "compression_ratio"}`` each, from the flags.
+#: the weight files PEFT's ``save_pretrained`` writes (safetensors, or the legacy pickle)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
-    Raises ``ValueError`` with the flag at fault. A compressed row's name ends with ``@g{G}``.
+
+def check_adapter(path: str, flag: str) -> None:
+    """Raise ``ValueError`` (one line naming the folder and what is missing) unless ``path`` is a PEFT adapter folder:
+    a readable ``adapter_config.json`` that names its ``peft_type``, and one of :data:`ADAPTER_WEIGHTS`.
+
+    Checked before anything is loaded, so a wrong folder costs no minutes of base-model evaluation.
+    """
+    folder = Path(path)
+    problems = []
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        problems.append("no adapter_config.json")
+    else:
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            problems.append(f"adapter_config.json is not readable ({type(error).__name__}: {error})")
+        else:
+            if not isinstance(data, dict) or "peft_type" not in data:
+                problems.append("adapter_config.json names no peft_type")
+    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
+        problems.append("no " + " or ".join(ADAPTER_WEIGHTS))
+    if problems:
+        hint = " (it holds a full model: pass that as --model)" if (folder / "config.json").is_file() else ""
+        raise ValueError(f"{flag}: '{folder}' is not a PEFT adapter folder: {'; '.join(problems)}{hint}")
+
+
+def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows to evaluate, ``{"name", "adapter", "format", "compression_ratio", "answer_phrase",
+    "answer_first_marker"}`` each, from the flags.
+
+    An adapter without ``@FORMAT`` is evaluated in the format saved beside it by training
+    (:data:`~trl_safedistill.formats.FORMAT_FILE`), with its answer phrase and answer-first marker; ``--format``
+    is the fallback for adapters that have none.
+
+    Raises ``ValueError`` with the flag at fault: first the flags' syntax, then each adapter folder
+    (:func:`check_adapter`). A compressed row's name ends with ``@g{G}``.
     """
     specs: list[tuple[str | None, str, str]] = [] if args.no_base else [(None, args.format, f"--format {args.format}")]
     specs += [(*spec.partition("@")[::2], f"--adapter {spec}") for spec in args.adapter]
     default_g = _parse_ratio(str(args.compression_ratio), "--compression-ratio")
     rows = []
     for path, fmt_spec, flag in specs:
-        fmt, _, g_text = (fmt_spec or args.format).partition(":")
+        saved = read_format_settings(path) if path is not None and Path(path).is_dir() else None
+        fmt, _, g_text = (fmt_spec or (saved or {}).get("format") or args.format).partition(":")
         if fmt not in FORMATS:
             raise ValueError(f"{flag}: unknown format '{fmt}' (choose {sorted(FORMATS)})")
         if g_text and fmt != "compressed":
@@ -92,11 +130,16 @@ def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         name = args.model if path is None else _row_name(path)
         if g is not None:
             name += f"@g{ratio_key(g)}"
-        rows.append({"name": name, "adapter": path, "format": fmt, "compression_ratio": g})
+        trained = saved if saved and saved.get("format") == fmt else {}  # prompt it as it was trained
+        rows.append({"name": name, "adapter": path, "format": fmt, "compression_ratio": g,
+                     "answer_phrase": trained.get("answer_phrase"), "answer_first_marker": trained.get("marker")})
     names = [r["name"] for r in rows]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"--adapter: rows {duplicates} would share a name (and a sample log); give each once")
+    for (path, _, flag) in specs:
+        if path is not None:
+            check_adapter(path, flag)
     return rows
 
 
@@ -188,7 +231,8 @@ def eval_main(argv: list[str]) -> int:
             evaluated = PeftModel.from_pretrained(model, adapter)
         result = evaluate_model(
             evaluated, tokenizer, fmt, sample_log=output / f"samples-{_row_name(name)}.jsonl",
-            compression_ratio=plan["compression_ratio"], **common
+            compression_ratio=plan["compression_ratio"], answer_first_marker=plan.get("answer_first_marker"),
+            **({"answer_phrase": plan["answer_phrase"]} if plan.get("answer_phrase") else {}), **common
         )
         rows.append({**plan, "model": args.model, **result})
         if adapter is not None:

@@ -14,8 +14,8 @@ model must refuse at least ``gate_min_refusal`` of held-out AdvBench prompts (GC
 A missed gate prints what was measured and what to change, and exits with status 3.
 
 The parser is TRL's ``TrlParser`` over (:class:`AlignScriptArguments`, ``trl.SFTConfig``, ``trl.ModelConfig``):
-the recipe YAML sets values, command-line flags override them. Training resumes from the last checkpoint in
-``output_dir`` when one exists.
+the recipe YAML sets values, command-line flags override them. Training resumes from the newest complete
+checkpoint in ``output_dir`` when one exists (``--resume_from_checkpoint`` true or a path as for ``train``).
 """
 
 from __future__ import annotations
@@ -69,17 +69,31 @@ def alignment_dataset(n_harmful: int, n_benign: int, seed: int):
 
 def train_alignment(model_path: str, tokenizer, args, peft_config, dataset, callbacks: Sequence[Any] = (),
                     quantization_config=None) -> Path:
-    """SFT (LoRA) on ``dataset`` into ``args.output_dir`` (resuming from its last checkpoint), merged into ``merged/``."""
+    """SFT (LoRA) on ``dataset`` into ``args.output_dir``, merged into ``merged/``.
+
+    Resumes from the newest complete checkpoint in ``output_dir`` (one a kill cut short is skipped), or from
+    ``args.resume_from_checkpoint`` when set (``true``: the newest complete one; a path: that checkpoint, which must be
+    complete); raises :class:`~trl_safedistill.checkpoints.CheckpointError` when that cannot be done.
+    """
     from trl import SFTTrainer
 
-    from .training import last_checkpoint
+    from ..checkpoints import resolve_resume
+    from .training import last_checkpoint, quiet_trainer
 
     output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint:
+        decision = resolve_resume(output_dir, args.resume_from_checkpoint)
+        if decision.message:
+            print(decision.message, file=sys.stderr, flush=True)
+        resume = decision.checkpoint
+    else:
+        resume = last_checkpoint(output_dir, args)
     trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, **({"quantization_config": quantization_config} if quantization_config else {}))
     for callback in callbacks:
         trainer.add_callback(callback)
-    trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
+    quiet_trainer(trainer)  # the demo's quiet console: its progress lines instead of Trainer's log dicts
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir / "adapter"))
     del trainer
     return merge(model_path, output_dir / "adapter", output_dir / "merged", tokenizer, dtype=_dtype_of(args))
@@ -151,9 +165,12 @@ def _pct(value: float | None) -> str:
 
 
 def make_parser():
-    from trl import ModelConfig, SFTConfig, TrlParser
+    """TRL's parser over the three dataclasses; its mistakes are one-line errors naming the recipe file and key."""
+    from trl import ModelConfig, SFTConfig
 
-    return TrlParser((AlignScriptArguments, SFTConfig, ModelConfig))
+    from ..recipe import RecipeParser
+
+    return RecipeParser((AlignScriptArguments, SFTConfig, ModelConfig))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     from trl import get_peft_config, get_quantization_config
 
     from ..models import load_tokenizer, resolve_model_path
+    from ..recipe import check_model_name
 
     script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    check_model_name(model_args.model_name_or_path)
     model_path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
     training_args.model_init_kwargs = {"dtype": model_args.dtype or "float32", **(training_args.model_init_kwargs or {})}
@@ -185,4 +204,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..errors import run_command
+
+    sys.exit(run_command(main, sys.argv[1:], prog="trl_safedistill.experiments.align"))

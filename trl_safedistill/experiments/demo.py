@@ -19,20 +19,21 @@ one; a killed run resumes the interrupted stage from its last checkpoint):
    a time in worker processes on a CPU (``--set eval_workers=1``: one after the other in this process).
 5. ``report``: ``metrics.json`` (schema: ``trl_safedistill/experiments/schema.json``), ``report.md`` and PNGs.
 
+The console shows the progress lines (on stderr) and the report's path (on stdout), nothing else: the libraries'
+log dicts, progress bars and warnings are off (:mod:`.console`) unless ``--verbose``. ``--set FIELD=VALUE`` overrides
+one field of the size (:mod:`.sizes`: typed, range-checked; a bad value stops with one line and exit status 2).
 Generated responses to harmful prompts are written to sample logs in the run folder, never to the console.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
-from .sizes import SIZES, get_size
-from .stages import StageError
+from .sizes import SIZES, get_size, parse_set
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -44,33 +45,30 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force-stage", action="append", default=[], metavar="NAME", help="rerun one stage (repeatable)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of methods (default: all)")
     parser.add_argument("--full-ft", action="store_true", help="full fine-tuning instead of LoRA (lr: full_ft_lr)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a size field")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a size field (repeatable; e.g. distil_steps=8, gate_enforced=false, lower_lrs=1e-4,5e-5)")
     parser.add_argument("--results-dir", default=None, help="copy metrics.json, report.md and the PNGs here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("--verbose", action="store_true", help="keep library progress bars")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' output: Trainer log dicts, progress bars, warnings")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            print(f"trl-safedistill demo: --set needs FIELD=VALUE, got '{item}'", file=sys.stderr)
-            return 2
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value.strip()
+    if not args.verbose:  # first: the libraries read some of its switches when they are imported
+        from .console import quiet_console
+
+        quiet_console()
     try:
-        size = get_size(args.size, overrides)
+        size = get_size(args.size, parse_set(args.set))
     except ValueError as error:
         print(f"trl-safedistill demo: {error}", file=sys.stderr)
         return 2
     if args.full_ft:
         size = size.replace(use_peft=False)
-    if not args.verbose:
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from .demo_pipeline import DemoPipeline
+    from .stages import StageError
 
     force: bool | set[str] = True if args.force else set(args.force_stage)
     run_dir = Path(args.output_dir or f"runs/demo-{size.name}")

@@ -22,11 +22,16 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+# Light imports only: a spawned worker imports this module to run _init_worker, which must quiet the console before
+# transformers (and with it PEFT and bitsandbytes, which warns at import) is first imported
+from .console import is_quiet
 from .sizes import RunSize
-from .stage_progress import Progress
-from .stages import PendingStage
+
+if TYPE_CHECKING:
+    from .stage_progress import Progress
+    from .stages import PendingStage
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,13 @@ def worker_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, quiet: bool) -> None:
+    """A spawned worker's set-up: its share of the threads, and the parent's console policy (the environment switches
+    arrive with the inherited environment; logger levels and warnings filters are per process)."""
+    if quiet:
+        from .console import quiet_console
+
+        quiet_console()
     import torch
 
     torch.set_num_threads(threads)
@@ -131,7 +142,7 @@ def run_in_workers(pending: list[PendingStage], progress: Progress, workers: int
     queue = list(pending)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(worker_threads(workers),)) as pool:
+                             initargs=(worker_threads(workers), is_quiet())) as pool:
         running: dict[Any, PendingStage] = {}
 
         def submit() -> None:

@@ -8,11 +8,17 @@ stages of that kind run at once; it is ``?`` until one stage of each remaining k
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
 
 from transformers import TrainerCallback
+
+#: every line the demo's console shows while it runs (all of them, by default: :mod:`.console`): a stage event
+#: (``start``, a step, ``done in``, ``skipped``) or the align gate's verdict
+PROGRESS_LINE = re.compile(r"\[\d+/\d+ [^\]\s]+\] (start( - .*)? \| run ETA ~\S+|\w+ \d+/\d+ \d+% \| .* \| stage ETA \S+ \| run ETA ~\S+"
+                           r"|done in \S+|skipped \(.*\))|align gate (passed|FAILED): .*")
 
 
 def format_seconds(seconds: float | None) -> str:

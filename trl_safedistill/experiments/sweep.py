@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from .sizes import SIZES, get_size
+from .sizes import SIZES, get_size, parse_set
 from .stages import StageError
 from .variants import Method
 
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.grid and args.grid_file:
             raise ValueError("give --grid axes or --grid-file, not both")
         grid = load_grid_file(args.grid_file) if args.grid_file else [parse_grid(args.grid)] if args.grid else DEFAULT_GRIDS
-        size = get_size(args.size, dict(item.split("=", 1) for item in args.set))
+        size = get_size(args.size, parse_set(args.set))
     except ValueError as error:
         print(f"trl-safedistill sweep: {error}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """Training stages: distil one student from the aligned start, with checkpoints, resume and curve points.
 
 A stage trains into ``<stage>/trainer`` with Trainer checkpoints every ``curve_every`` steps (model, optimizer,
-scheduler, RNG and, for slow tuning, its anchor); a killed stage is resumed from its last checkpoint with
-``resume_from_checkpoint``, so finished steps are not redone. The final weights (a LoRA adapter, or the whole
+scheduler, RNG and, for slow tuning, its anchor); a killed stage is resumed from its last complete checkpoint with
+``resume_from_checkpoint`` (one the kill cut short is skipped: :func:`last_checkpoint`), so finished steps are not
+redone. The final weights (a LoRA adapter, or the whole
 model under full fine-tuning) go to ``<stage>/final``.
 
 :class:`CurveCallback` takes a curve point (:class:`~.probes.Prober`: refusal, IND MC accuracy, held-out
@@ -13,21 +14,31 @@ that step, and appends it to ``<stage>/curve.jsonl``; a point recomputed after a
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
+from ..checkpoints import callback_files, newest_complete_checkpoint
 from .probes import Prober
 from .sizes import RunSize
 from .variants import Method
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir`` (``None`` when there is none)."""
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+def last_checkpoint(output_dir: Path, args: Any = None) -> str | None:
+    """The newest complete ``checkpoint-N`` folder in ``output_dir`` (``None`` when there is none).
+
+    A checkpoint a kill cut short (:func:`~trl_safedistill.checkpoints.is_complete_checkpoint`; with ``args``, also
+    the files its callbacks add, such as slow tuning's anchor) is skipped, with one line on stderr naming it, so a
+    killed stage resumes from the checkpoint before it instead of failing on it.
+    """
+    scan = newest_complete_checkpoint(output_dir, callback_files(args))
+    if scan.skipped:
+        where = f"resuming from {scan.newest.name}" if scan.newest else "starting from step 0"
+        print(f"{output_dir}: skipped incomplete {scan.skipped_text()}; {where}", file=sys.stderr, flush=True)
+    return str(scan.newest) if scan.newest else None
 
 
 def read_curve(path: Path) -> list[dict[str, Any]]:
@@ -90,6 +101,19 @@ def quantization_config(size: RunSize):
                               bnb_4bit_compute_dtype=torch.bfloat16 if size.bf16 else torch.float32)
 
 
+def quiet_trainer(trainer) -> None:
+    """Under the demo's quiet console (:func:`.console.quiet_console`), drop the Trainer's console printer of log dicts
+    (``PrinterCallback``, or ``ProgressCallback`` when tqdm is on): the stage's progress lines stand in for it, and the
+    logged values stay in ``trainer.state.log_history`` and every checkpoint's ``trainer_state.json``."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .console import is_quiet
+
+    if is_quiet():
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+
+
 def common_args(size: RunSize, output_dir: Path, steps: int, batch: int, lr: float, save_steps: int) -> dict[str, Any]:
     """TrainingArguments shared by the demo's training stages (CPU-friendly, checkpointed, quiet)."""
     import torch
@@ -106,7 +130,7 @@ def common_args(size: RunSize, output_dir: Path, steps: int, batch: int, lr: flo
         "save_strategy": "steps",
         "save_steps": max(1, save_steps),
         "save_total_limit": 1,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,  # transformers' name (gradient_checkpointing is its deprecated alias)
         "use_cpu": not torch.cuda.is_available(),
         "bf16": size.bf16,
         "report_to": "none",
@@ -146,6 +170,9 @@ def distil(
     args = SafeDistillConfig(
         **common_args(size, trainer_dir, size.distil_steps, size.distil_batch, lr, size.curve_every),
         max_length=size.max_length,
+        # The demo's records fit max_length in the standard format; a few cascade/answer_first sequences are a few
+        # tokens longer and were cut at max_length in the measured runs: kept so (counted, printed) so numbers hold
+        overlong="truncate",
         **config,
     )
     trainer = SafeDistillTrainer(
@@ -160,7 +187,8 @@ def distil(
                                        probe_last))
     for callback in callbacks:
         trainer.add_callback(callback)
-    resume = last_checkpoint(trainer_dir)
+    quiet_trainer(trainer)
+    resume = last_checkpoint(trainer_dir, args)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(directory / "final"))
     losses = {int(e["step"]): float(e["loss"]) for e in trainer.state.log_history if "loss" in e and "step" in e}

@@ -139,7 +139,8 @@ def tokenize_sequence(
     The prompt is rendered with :func:`render_prompt`. The end-of-turn text is appended to the last target
     piece, so the student learns to stop. The whole string is tokenized once (the tokens the model
     will see at inference) and each token takes the segment of the character it starts at; with a
-    slow tokenizer (no offsets) pieces are tokenized one by one instead.
+    slow tokenizer (no offsets) pieces are tokenized one by one instead. With ``max_length`` the result
+    is cut to it (:func:`cut_to_length`), whatever that removes.
     """
     chat = is_chat_tokenizer(tokenizer) if chat is None else chat
     prompt = render_prompt(tokenizer, sequence.user_text, sequence.assistant_prefix, chat)
@@ -172,8 +173,22 @@ def tokenize_sequence(
     if not chat and bos is not None and getattr(tokenizer, "add_bos_token", False) and (not input_ids or input_ids[0] != bos):
         input_ids = [bos] + input_ids
         segment_ids = [int(Segment.PROMPT)] + segment_ids
-    if max_length is not None and len(input_ids) > max_length:
-        window = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
-        input_ids, segment_ids = input_ids[window], segment_ids[window]
     labels = [tok if seg != Segment.PROMPT else IGNORE_INDEX for tok, seg in zip(input_ids, segment_ids)]
-    return {"input_ids": input_ids, "labels": labels, "segment_ids": segment_ids}
+    return cut_to_length({"input_ids": input_ids, "labels": labels, "segment_ids": segment_ids}, max_length, truncation_mode)
+
+
+#: What to do with a record longer than ``max_length`` tokens (``SafeDistillConfig.overlong``, applied by
+#: :func:`trl_safedistill.dataset.tokenize_records`); the first never loses an answer silently.
+OVERLONG_POLICIES = ("error", "skip", "truncate_rationale", "truncate")
+
+
+def cut_to_length(example: dict[str, list[int]], max_length: int | None, truncation_mode: str = "keep_start") -> dict[str, list[int]]:
+    """``example``'s token lists cut to ``max_length`` as TRL cuts them: the start kept (``keep_start``) or the end.
+
+    What is cut is lost, the answer too when it lies there: :class:`~trl_safedistill.config.SafeDistillConfig`'s
+    ``overlong`` policy decides whether a record may be cut at all.
+    """
+    if max_length is None or len(example["input_ids"]) <= max_length:
+        return example
+    window = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+    return {key: values[window] for key, values in example.items()}

@@ -88,7 +88,7 @@ class SLowEDArguments:
         default=0.2,
         metadata={
             "help": "Entropy threshold in nats for mode 'threshold'. Default 0.2 nats = binary entropy of a 95/5 "
-            "split: below it the student puts >95% of its mass on one token (this project's choice)."
+            "split: below it the student puts more than 95 percent of its mass on one token (this project's choice)."
         },
     )
     entropy_mask_quantile: float = field(
@@ -137,8 +137,8 @@ class SLowEDArguments:
     slow_tuning_budget: float = field(
         default=0.01,
         metadata={
-            "help": "Drift budget of epoch 0 as a fraction of the unit (`slow_tuning_unit`): 0.01 = 1% of ||W0||_F "
-            "per layer (or 1% of the layer's reference delta). Needs calibration by a sweep (REFERENCE.md s.1)."
+            "help": "Drift budget of epoch 0 as a fraction of the unit (`slow_tuning_unit`): 0.01 = 1 percent of ||W0||_F "
+            "per layer (or 1 percent of the layer's reference delta). Needs calibration by a sweep (REFERENCE.md s.1)."
         },
     )
     slow_tuning_budget_growth: float = field(
