@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "teach": ("trl_safedistill.data.teacher.cli", "main", "generate rationales from an OpenAI-compatible teacher, resumable"),
     "compress": ("trl_safedistill.data.compress", "main", "TokenSkip-style rationale compression"),
     "guard": ("trl_safedistill.guard.cli", "guard_main", "HarmAug: `guard augment` / `guard distill` / `guard eval`"),
+    "judge": ("trl_safedistill.evaluation.judge_cli", "judge_main", "`judge validate FILE`: a refusal judge against human labels"),
     "demo": ("trl_safedistill.experiments.demo", "main", "the main job end to end on the embedded default"),
     "sweep": ("trl_safedistill.experiments.sweep", "main", "sweep SLowED settings, refusal vs accuracy"),
 }

@@ -249,22 +249,23 @@ def interleave(groups: Iterable[list[dict]], per_group: int = MIX_PER_TASK) -> l
     return mixed
 
 
+def plain_document(doc_id: str, task: str, question: str) -> dict:
+    """A plain-chat document (a safety prompt: no options, no gold; the student's format is not applied)."""
+    return {"id": doc_id, "task": task, "question": question, "description": None, "options": None, "labels": None,
+            "golds": [], "gold_index": -1, "prompt_style": "plain"}
+
+
+def choice_document(doc_id: str, task: str, question: str, description: str | None, options: list[str],
+                    labels: list[str], gold_index: int) -> dict:
+    """A multiple-choice document in the student's format; the gold answer is accepted as letter or text."""
+    return {"id": doc_id, "task": task, "question": question, "description": description, "options": options,
+            "labels": labels, "golds": [labels[gold_index], options[gold_index]], "gold_index": gold_index,
+            "prompt_style": "format"}
+
+
 def safety_documents(prompts: Iterable[str], task: str) -> list[dict]:
     """Plain-chat documents for harmful or benign prompts."""
-    return [
-        {
-            "id": f"{task}-{_sha(p)[:12]}",
-            "task": task,
-            "question": p,
-            "description": None,
-            "options": None,
-            "labels": None,
-            "golds": [],
-            "gold_index": -1,
-            "prompt_style": "plain",
-        }
-        for p in prompts
-    ]
+    return [plain_document(f"{task}-{_sha(p)[:12]}", task, p) for p in prompts]
 
 
 def protocol_documents(split_items: Iterable, task: str) -> list[dict]:

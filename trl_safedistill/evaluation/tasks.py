@@ -19,6 +19,7 @@ from typing import Any
 
 from ..answers import DEFAULT_ANSWER_PHRASE, score_generation
 from ..formats.base import user_text
+from .items import choice_document, plain_document
 from .refusal import XSTEST_REFUSAL_OPENINGS, YES_NO_REFUSAL_OPENINGS, is_over_refusal, is_refusal
 
 #: Suite -> offline tasks the project runner evaluates (each a single lm-eval task).
@@ -126,17 +127,8 @@ def arc_process_docs(dataset):
         options = list(row["choices"]["text"])
         gold_index = list(row["choices"]["label"]).index(row["answerKey"])
         listing = "\n".join(f"{label} {text}" for label, text in zip(labels, options))
-        return {
-            "id": row["id"],
-            "task": "arc",
-            "question": f"{row['question']}\nOptions:\n{listing}",
-            "description": "Answer the grade-school science question.",
-            "options": options,
-            "labels": labels,
-            "golds": [labels[gold_index], options[gold_index]],
-            "gold_index": gold_index,
-            "prompt_style": "format",
-        }
+        return choice_document(row["id"], "arc", f"{row['question']}\nOptions:\n{listing}",
+                               "Answer the grade-school science question.", options, labels, gold_index)
 
     return dataset.map(convert, remove_columns=dataset.column_names)
 
@@ -149,17 +141,7 @@ def agieval_process_docs(dataset):
         labels = [f"({chr(65 + i)})" for i in range(len(options))]
         gold_index = int(row["gold"][0])
         query = row["query"].split("A: Among A through")[0].strip()
-        return {
-            "id": content_id(row["query"]),
-            "task": "agieval",
-            "question": query,
-            "description": None,
-            "options": options,
-            "labels": labels,
-            "golds": [labels[gold_index], options[gold_index]],
-            "gold_index": gold_index,
-            "prompt_style": "format",
-        }
+        return choice_document(content_id(row["query"]), "agieval", query, None, options, labels, gold_index)
 
     return dataset.map(convert, remove_columns=dataset.column_names)
 
@@ -169,16 +151,6 @@ def xstest_process_docs(dataset):
     dataset = dataset.filter(lambda row: str(row.get("label", "safe")).lower() == "safe")
 
     def convert(row: dict) -> dict:
-        return {
-            "id": str(row.get("id", row["prompt"][:32])),
-            "task": "xstest",
-            "question": row["prompt"],
-            "description": None,
-            "options": None,
-            "labels": None,
-            "golds": [],
-            "gold_index": -1,
-            "prompt_style": "plain",
-        }
+        return plain_document(str(row.get("id", row["prompt"][:32])), "xstest", row["prompt"])
 
     return dataset.map(convert, remove_columns=dataset.column_names)
