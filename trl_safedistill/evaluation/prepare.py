@@ -87,29 +87,26 @@ def prepare_safety_protocol(cache: Path | str | None = None) -> tuple[dict[str, 
     return counts, splits.manifest()
 
 
-def prepare_ind(cache: Path | str | None = None) -> dict[str, int]:
-    keys = {k.split("/")[0] for k in items.BBH_SUBTASKS.values() if k}
-    offline.ensure_bigbench_tasks(keys, cache)
-    root = eval_dir(cache) / "ind"
+def _prepare_tasks(suite: str, tasks: Iterable[str], documents, cache: Path | str | None) -> dict[str, int]:
+    """One file per task of ``suite`` (``documents(task, cache)``) plus ``_mix.jsonl``, the tasks interleaved."""
+    root = eval_dir(cache) / suite
     counts, groups = {}, []
-    for subtask in items.BBH_SUBTASKS:
-        docs = items.bbh_documents(subtask, cache)
-        counts[f"ind/{subtask}"] = _write(root / f"{subtask}.jsonl", docs)
+    for task in tasks:
+        docs = documents(task, cache)
+        counts[f"{suite}/{task}"] = _write(root / f"{task}.jsonl", docs)
         groups.append(docs)
-    counts["ind/_mix"] = _write(root / "_mix.jsonl", items.interleave(groups))
+    counts[f"{suite}/_mix"] = _write(root / "_mix.jsonl", items.interleave(groups))
     return counts
+
+
+def prepare_ind(cache: Path | str | None = None) -> dict[str, int]:
+    offline.ensure_bigbench_tasks({k.split("/")[0] for k in items.BBH_SUBTASKS.values() if k}, cache)
+    return _prepare_tasks("ind", items.BBH_SUBTASKS, items.bbh_documents, cache)
 
 
 def prepare_ood(cache: Path | str | None = None) -> dict[str, int]:
     offline.ensure_bigbench_tasks(items.BBSUB_TASKS, cache)
-    root = eval_dir(cache) / "ood"
-    counts, groups = {}, []
-    for task in items.BBSUB_TASKS:
-        docs = items.bbsub_documents(task, cache)
-        counts[f"ood/{task}"] = _write(root / f"{task}.jsonl", docs)
-        groups.append(docs)
-    counts["ood/_mix"] = _write(root / "_mix.jsonl", items.interleave(groups))
-    return counts
+    return _prepare_tasks("ood", items.BBSUB_TASKS, items.bbsub_documents, cache)
 
 
 PREPARERS = {"safety": prepare_safety, "ind": prepare_ind, "ood": prepare_ood}
