@@ -5,12 +5,15 @@ holds, so a process killed while writing a checkpoint leaves a folder that block
 ("Can't find a valid checkpoint at ..."). transformers 5.24 writes a checkpoint in place, in this order
 (``Trainer._save_checkpoint``, then the callbacks' ``on_save``):
 
+0. with :class:`~trl_safedistill.trainer.SafeDistillTrainer` and slow tuning on: the anchor
+   ``slow_tuning_anchor.safetensors`` and then ``slow_tuning_state.json``
+   (:mod:`trl_safedistill.methods.slow_tuning`; the trainer's ``_save_checkpoint`` writes them first),
 1. the weights (``save_model``: ``model.safetensors`` or its shard index, or ``adapter_model.safetensors``
    for PEFT, with the config and tokenizer files),
 2. ``optimizer.pt``, ``scheduler.pt``, the scaler and ``rng_state*.pth`` (unless ``save_only_model``),
 3. ``trainer_state.json``, then rotation of older checkpoints (``save_total_limit``),
-4. what callbacks add in ``on_save``: here slow tuning's ``slow_tuning_anchor.safetensors`` and, last,
-   ``slow_tuning_state.json`` (:mod:`trl_safedistill.methods.slow_tuning`).
+4. what callbacks add in ``on_save`` (slow tuning's callback used with a plain ``SFTTrainer`` writes its two files
+   here, after rotation).
 
 transformers offers no write-to-temporary-then-rename for checkpoints, so completeness is read from what
 is there: a folder is complete when it has weights, a ``trainer_state.json`` that parses and names the

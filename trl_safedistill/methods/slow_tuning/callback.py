@@ -8,8 +8,9 @@ r"""Slow tuning's ``TrainerCallback`` (SLowED, arXiv 2508.09666): anchor, per-st
 weights).
 
 **Anchor and resume.** ``on_train_begin`` takes the anchor W0 (the trainable weights at the start of training).
-``on_save`` writes the anchor and the callback's state into ``{output_dir}/checkpoint-{global_step}``
-(:mod:`.checkpoint`). On resume the trainer calls :meth:`SlowTuningCallback.load_anchor` with the checkpoint
+The anchor and the callback's state go into ``{output_dir}/checkpoint-{global_step}`` (:mod:`.checkpoint`):
+:class:`~trl_safedistill.trainer.SafeDistillTrainer` writes them before transformers' own files (so
+``trainer_state.json`` stays the last file of a complete checkpoint); with a plain ``SFTTrainer``, ``on_save`` does. On resume the trainer calls :meth:`SlowTuningCallback.load_anchor` with the checkpoint
 folder (from its ``_load_from_checkpoint`` override); if it does not, ``on_train_begin`` finds
 ``{output_dir}/checkpoint-{global_step}`` itself, and raises if there is no anchor there (re-anchoring at the
 resumed weights would silently move the budget). A resumed run reports the same drift step for step.
