@@ -76,7 +76,7 @@ def compare(run_a: Path, run_b: Path, ignore_ci: bool = False) -> dict[str, list
     items: list[str] = []
     texts: list[str] = []
     files_a, files_b = _sample_files(run_a), _sample_files(run_b)
-    if files_a or files_b:
+    if files_a and files_b:  # a results folder has metrics.json only: then there is nothing per item to compare
         for name in sorted(set(files_a) | set(files_b)):
             if name not in files_a or name not in files_b:
                 items.append(f"{name}: only in {'A' if name in files_a else 'B'}")
