@@ -203,7 +203,7 @@ def test_compressed_prompt_at_inference_states_the_configured_ratio(tiny_model, 
             assert prompt == render_prompt(tiny_tokenizer, training.user_text, training.assistant_prefix)
         else:
             assert "Compression ratio: 0.6" not in prompt
-    with pytest.raises(ValueError, match="format=compressed only"):
+    with pytest.raises(ValueError, match="compressed format only"):
         SafeDistillLM(pretrained=tiny_model, tokenizer=tiny_tokenizer, format="standard", compression_ratio=0.6)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         SafeDistillLM(pretrained=tiny_model, tokenizer=tiny_tokenizer, format="compressed", compression_ratio=1.5)
