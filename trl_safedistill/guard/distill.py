@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from trl_safedistill.errors import UserError
+
 DEBERTA = "microsoft/deberta-v3-large"
 STUDENT_ALIASES = {"deberta-v3-large": DEBERTA, "deberta": DEBERTA}
 MINILM_ALIASES = frozenset({"minilm-embedded", "minilm", "all-minilm-l6-v2"})
@@ -174,8 +176,10 @@ def minilm_embedded_path() -> Path:
     return path
 
 
-class StudentLoadError(RuntimeError):
-    """The guard student could not be loaded; the message names the model, the cause and the fix."""
+class StudentLoadError(UserError):
+    """The guard student could not be loaded; the message names the model, the cause and the fix.
+
+    A :class:`~trl_safedistill.errors.UserError`, so ``trl-safedistill guard distill`` prints it as one line."""
 
 
 def _hub_unreachable(error: BaseException) -> bool:
