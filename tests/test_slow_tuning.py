@@ -403,3 +403,12 @@ def test_drift_log_resume_of_a_mixed_legacy_log_keeps_only_the_last_run(tmp_path
     (other / DRIFT_LOG_FILE).write_text(json.dumps({"step": 9, "run": "unrelated"}) + "\n")
     drift_log.resume(str(other), str(tmp_path / "checkpoint-2"), 1)
     assert [json.loads(x) for x in (other / DRIFT_LOG_FILE).read_text().splitlines()] == [{"step": 1, "run": "new"}]
+
+
+@pytest.mark.parametrize("rule", ["project", "scale", "direction"])
+def test_a_reference_unit_without_a_reference_is_refused_at_configuration(rule):
+    """``scale`` with ``slow_tuning_unit: reference`` used to pass validation and crash later with a TypeError."""
+    from trl_safedistill.config import SafeDistillConfig
+
+    with pytest.raises(ValueError, match="needs slow_tuning_reference"):
+        SafeDistillConfig("out", slow_tuning_rule=rule, slow_tuning_unit="reference", report_to="none")

@@ -226,10 +226,11 @@ def validate_slowed_arguments(args: SLowEDArguments) -> None:
             f"got {args.slow_tuning_reference_missing!r}"
         )
     needs_reference = args.slow_tuning_rule == "direction" or (
-        args.slow_tuning_rule == "project" and args.slow_tuning_unit == "reference"
+        args.slow_tuning_rule != "off" and args.slow_tuning_unit == "reference"
     )
     if needs_reference and not args.slow_tuning_reference:
-        raise ValueError("slow_tuning_rule='direction' and slow_tuning_unit='reference' need slow_tuning_reference")
+        raise ValueError(f"slow_tuning_rule={args.slow_tuning_rule!r} with slow_tuning_unit={args.slow_tuning_unit!r} "
+                         "needs slow_tuning_reference (the weights before safety alignment)")
     if args.slow_tuning_budget < 0:
         raise ValueError(f"slow_tuning_budget must be >= 0, got {args.slow_tuning_budget}")
     if args.slow_tuning_budget_growth <= 0:
