@@ -31,9 +31,6 @@ from ..evaluation.scoring import greedy_generate, mc_correct, model_device
 from ..formats import end_of_turn_text, is_chat_tokenizer, render_prompt
 from ..records import RationaleRecord
 
-ANSWER_PHRASE = DEFAULT_ANSWER_PHRASE
-
-
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """Greedy completions of plain chat prompts, batched, through the evaluation's own generator
     (:func:`trl_safedistill.evaluation.scoring.greedy_generate`, stopping at the end of the turn)."""
@@ -86,7 +83,7 @@ class Prober:
     """One curve point: refusal, IND MC accuracy and held-out loss of a model, in eval mode."""
 
     def __init__(self, tokenizer, harmful: Sequence[str], mc_docs: Sequence[dict], loss_records: Sequence[RationaleRecord],
-                 gen_tokens: int, batch_size: int, max_length: int, answer_phrase: str = ANSWER_PHRASE):
+                 gen_tokens: int, batch_size: int, max_length: int, answer_phrase: str = DEFAULT_ANSWER_PHRASE):
         self.tokenizer = tokenizer
         self.harmful = list(harmful)
         self.mc_docs = list(mc_docs)
