@@ -31,6 +31,7 @@ from ..evaluation.scoring import greedy_generate, mc_correct, model_device
 from ..formats import end_of_turn_text, is_chat_tokenizer, render_prompt
 from ..records import RationaleRecord
 
+
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """Greedy completions of plain chat prompts, batched, through the evaluation's own generator
     (:func:`trl_safedistill.evaluation.scoring.greedy_generate`, stopping at the end of the turn)."""
