@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trl_safedistill.evaluation import protocol
 from trl_safedistill.evaluation.items import BBH_SUBTASKS, BBSUB_TASKS
 
 ROOT = Path(__file__).resolve().parent
@@ -79,6 +80,49 @@ def main() -> None:
             "process_docs: !function utils.arc_process_docs\n",
         )
     write(ood / "_safedistill_ood_hub.yaml", group_yaml("safedistill_ood_hub", ["safedistill_arc_easy", "safedistill_arc_challenge", "safedistill_agieval_en"]))
+    write_protocol(ROOT / "safedistill_safety")
+
+
+PROTOCOL_SET_NOTES = {
+    "advbench": "AdvBench",
+    "harmbench": "HarmBench standard behaviours",
+    "donotanswer": "Do-Not-Answer",
+    "wrapped": "AdvBench and HarmBench test prompts inside role-play, persuasion, research and fiction framings",
+    "lookalike": "benign look-alikes (risky-sounding words, harmless requests)",
+    "imperative": "benign imperatives (write / explain / list ...)",
+    "yesno": "benign yes/no questions (BIG-bench strategyqa; an opening Yes/No is an answer)",
+}
+
+
+def protocol_yaml(set_name: str, part: str) -> str:
+    """One protocol task: the set's file of ``part``, judged by trl_safedistill.evaluation.protocol."""
+    harmful = set_name in protocol.HARMFUL_SETS[part]
+    metric, better, hook = ("safety_ratio", "true", "process_protocol_harmful") if harmful else (
+        "over_refusal", "false", "process_protocol_benign")
+    metrics = "".join(
+        f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: {b}\n"
+        for m, b in ((metric, better), ("refusal_gcg", better), ("degenerate", "false"))
+    )
+    return (
+        f"# {PROTOCOL_SET_NOTES[set_name]}, protocol {part} part: {metric} = share refused (default judge refusal-v1;\n"
+        f"# refusal_gcg: the GCG keyword reference; degenerate: empty/repeated/non-language output, never a refusal).\n"
+        f"include: _template_yaml\ntask: {protocol.task_name(set_name, part)}\ndataset_kwargs:\n"
+        f"  file: {protocol.task_file(set_name, part)}\nprocess_results: !function utils.{hook}\n"
+        f"generation_kwargs:\n  until: []\n  max_gen_toks: 64\n  do_sample: false\nmetric_list:\n{metrics}"
+    )
+
+
+def write_protocol(folder: Path) -> None:
+    """The protocol's calibration and test tasks and their two groups (no aggregate: the metrics differ)."""
+    for part, group in (("test", "safedistill_safety_protocol"), ("calibration", "safedistill_safety_protocol_calibration")):
+        names = []
+        for set_name in (*protocol.HARMFUL_SETS[part], *protocol.BENIGN_SETS):
+            name = protocol.task_name(set_name, part)
+            write(folder / f"{name}.yaml", protocol_yaml(set_name, part))
+            names.append(name)
+        listing = "".join(f"  - {t}\n" for t in names)
+        write(folder / f"_{group}.yaml", f"# Protocol safety suite, {part} part (trl_safedistill.evaluation.protocol).\n"
+              f"group: {group}\ntask:\n{listing}metadata:\n  version: 2.0\n")
 
 
 if __name__ == "__main__":

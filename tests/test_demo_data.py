@@ -7,7 +7,14 @@ import pytest
 from trl_safedistill.data import bbh_cot, offline
 from trl_safedistill.data.safety_mix import mix_refusals
 from trl_safedistill.evaluation.refusal import is_over_refusal, is_refusal
-from trl_safedistill.experiments.alignment_data import BENIGN_QA, REFUSALS, alignment_pairs
+from trl_safedistill.experiments.alignment_data import (
+    BENIGN_QA,
+    REFUSAL_OPENERS,
+    REFUSAL_REASONS,
+    REFUSAL_REDIRECTS,
+    alignment_pairs,
+    compose_refusal,
+)
 from trl_safedistill.experiments.inputs import bbh_document, ind_documents, training_records
 
 
@@ -37,11 +44,27 @@ def test_bbh_documents_score_the_gold_option():
     assert free["options"] is None and free["golds"] == ["24"]
 
 
-def test_alignment_texts_refuse_and_answer_as_the_scorers_expect():
-    assert all(is_refusal(text) for text in REFUSALS)
+def test_alignment_refusals_are_varied_and_not_written_from_the_gcg_list():
+    """The composed refusals vary (thousands of distinct texts) and none holds a GCG keyword, so a refusal the
+    evaluation counts is the judge recognising refusing, not the keyword rule recognising its own template."""
+    import itertools
+    import random
+
+    texts = {" ".join(parts) for parts in itertools.product(REFUSAL_OPENERS, REFUSAL_REASONS, REFUSAL_REDIRECTS)}
+    assert len(texts) == len(REFUSAL_OPENERS) * len(REFUSAL_REASONS) * len(REFUSAL_REDIRECTS) > 2000
+    assert not any(is_refusal(text) for text in texts)
+    drawn = {compose_refusal(random.Random(seed)) for seed in range(50)}
+    assert len(drawn) > 40 and drawn <= texts
     assert not any(is_over_refusal(answer) or is_refusal(answer) for _, answer in BENIGN_QA)
-    rows = alignment_pairs(["harmful one", "harmful two"], 6, 4, seed=1)
+
+
+def test_alignment_pairs_draw_round_robin_over_sources():
+    rows = alignment_pairs([["a1", "a2"], ["h1"]], 6, 4, seed=1, benign=[[("look", "answer")]])
     assert sum(r["kind"] == "refusal" for r in rows) == 6 and sum(r["kind"] == "benign" for r in rows) == 4
+    harmful = [r["prompt"] for r in rows if r["kind"] == "refusal"]
+    assert harmful.count("h1") == 3 and harmful.count("a1") + harmful.count("a2") == 3
+    benign = [r["prompt"] for r in rows if r["kind"] == "benign"]
+    assert benign.count("look") == 2  # BENIGN_QA and the look-alikes alternate
 
 
 @pytest.mark.slow
@@ -93,7 +116,7 @@ def test_benign_alignment_answers_are_yes_no_questions_never_evaluated():
     evaluated = set(offline.safety_split(offline.benign_prompts(), "eval"))
     assert len(pairs) > 1000 and not {q for q, _ in pairs} & evaluated
     assert all(answer.split(".")[0] in ("Yes", "No") for _, answer in pairs[:50])
-    rows = alignment_pairs(["harmful"], 1, len(BENIGN_QA) + 3, benign_extra=pairs)
+    rows = alignment_pairs([["harmful"]], 1, 6, benign=[pairs])
     benign = [r["prompt"] for r in rows if r["kind"] == "benign"]
     assert {q for q, _ in pairs[:3]} <= set(benign)
 
@@ -222,3 +245,15 @@ def test_missing_archive_reports_ood_unavailable(tmp_path, monkeypatch):
     status = ood_status(tmp_path)
     assert status["available"] is False and status["path"] is None
     assert status["reason"].startswith("OfflineDataError: cannot reach the package index")
+
+
+def test_capability_split_is_fixed_disjoint_and_about_thirty_percent_calibration():
+    from trl_safedistill.experiments.inputs import capability_part
+
+    gen_docs, _ = ind_documents()
+    parts = {doc["id"]: capability_part(doc["id"]) for doc in gen_docs}
+    calibration = [i for i, part in parts.items() if part == "calibration"]
+    test = [i for i, part in parts.items() if part == "test"]
+    assert set(calibration).isdisjoint(test) and len(calibration) + len(test) == len(gen_docs)
+    assert 0.22 < len(calibration) / len(gen_docs) < 0.38 and len(test) >= 300
+    assert all(capability_part(i) == parts[i] for i in list(parts)[:20])  # a pure function of the id

@@ -10,7 +10,7 @@ import pytest
 from trl_safedistill.evaluation.hub import HUB_ONLY_REASON
 from trl_safedistill.evaluation.run import eval_tasks_dir, plan_tasks, task_manager
 
-OFFLINE_GROUPS = ["safedistill_safety", "safedistill_safety_protocol", "safedistill_ind", "safedistill_ind_mc", "safedistill_ood", "safedistill_ood_mc"]
+OFFLINE_GROUPS = ["safedistill_safety", "safedistill_safety_protocol", "safedistill_safety_protocol_calibration", "safedistill_ind", "safedistill_ind_mc", "safedistill_ood", "safedistill_ood_mc"]
 SINGLE_TASKS = ["safedistill_advbench_short", "safedistill_bbh_mix", "safedistill_bbh_mix_mc", "safedistill_bbsub_mix", "safedistill_bbsub_mix_mc"]
 HUB_CONFIGS = ["safedistill_xstest", "safedistill_arc_easy", "safedistill_arc_challenge", "safedistill_agieval_en"]
 
@@ -43,8 +43,9 @@ def test_every_config_is_indexed(manager):
     names = set(manager.all_tasks)
     assert set(OFFLINE_GROUPS + SINGLE_TASKS + HUB_CONFIGS) <= names
     leaves = offline_leaf_tasks(manager)
-    # 27 BBH + 23 BBH multiple choice + 10 BB-sub + 10 BB-sub MC + 4 mixes + 4 safety tasks + 7 protocol safety tasks
-    assert len(leaves) == 27 + 23 + 10 + 10 + 4 + 4 + 7, leaves
+    # 27 BBH + 23 BBH multiple choice + 10 BB-sub + 10 BB-sub MC + 4 mixes + 4 safety tasks + 7 protocol test tasks
+    # + 6 protocol calibration tasks
+    assert len(leaves) == 27 + 23 + 10 + 10 + 4 + 4 + 7 + 6, leaves
     assert (eval_tasks_dir() / "safedistill_safety" / "_template_yaml").exists()
 
 

@@ -1,4 +1,6 @@
-"""metrics.json validation (jsonschema): the committed default run validates, malformed copies fail naming the path."""
+"""metrics.json validation (jsonschema): a tiny run's metrics (schema 2, the protocol's layout) validate, malformed
+copies fail naming the path. ``tests/data/metrics_tiny.json`` is a `demo --size tiny` run's metrics.json cut to three
+models (regenerate it with the demo after a schema change)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from jsonschema.validators import validator_for
 
 from trl_safedistill.experiments.schema import SchemaError, load_schema, validate, validate_file
 
-COMMITTED = Path(__file__).resolve().parents[1] / "results" / "embedded-default" / "metrics.json"
+COMMITTED = Path(__file__).resolve().parent / "data" / "metrics_tiny.json"
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +37,15 @@ def test_committed_default_run_validates(metrics):
 @pytest.mark.parametrize(
     ("edit", "path", "reason"),
     [
-        (lambda m: m["models"][1]["metrics"].pop("refusal"), r"^\$\.models\[1\]\.metrics: ",
+        (lambda m: m["models"][1]["safety"].pop("refusal"), r"^\$\.models\[1\]\.safety: ",
          "'refusal' is a required property"),
         (lambda m: m["models"][1]["metrics"].pop("ood_mc_acc"), None, None),  # not required: not measured at every size
         (lambda m: m.pop("gate"), r"^\$: ", "'gate' is a required property"),
-        (lambda m: m["models"][1]["metrics"]["refusal"].pop("ci"), r"^\$\.models\[1\]\.metrics\.refusal: ", "'ci'"),
+        (lambda m: m["models"][1].pop("items"), r"^\$\.models\[1\]: ", "'items' is a required property"),
         (lambda m: m["models"][0]["curve"][0].__setitem__("refusal", 1.5),
          r"^\$\.models\[0\]\.curve\[0\]\.refusal: ", "greater than the maximum of 1"),
         (lambda m: m["models"][2].__setitem__("format", "cot"), r"^\$\.models\[2\]\.format: ", "is not one of"),
-        (lambda m: m["models"][1]["metrics"]["ind_mc_acc"].__setitem__("ci", [0.1]),
-         r"^\$\.models\[1\]\.metrics\.ind_mc_acc\.ci: ", "should be non-empty|is too short"),
+        (lambda m: m.pop("judge"), r"^\$: ", "'judge' is a required property"),
         (lambda m: m.__setitem__("extra", 1), r"^\$: ", "'extra' was unexpected"),
         (lambda m: m["run"].__setitem__("peft", "yes"), r"^\$\.run\.peft: ", "is not of type 'boolean'"),
         (lambda m: m["data"].__setitem__("train_records", -1), r"^\$\.data\.train_records: ", "less than the minimum"),
@@ -75,7 +76,7 @@ def test_validate_file_names_the_file_and_the_line(tmp_path, metrics):
     with pytest.raises(SchemaError, match=rf"^{bad}:3: not valid JSON"):
         validate_file(bad)
     broken = copy.deepcopy(metrics)
-    del broken["findings"]
+    del broken["evidence"]
     bad.write_text(json.dumps(broken))
-    with pytest.raises(SchemaError, match=rf"^{bad}: \$: 'findings' is a required property"):
+    with pytest.raises(SchemaError, match=rf"^{bad}: \$: 'evidence' is a required property"):
         validate_file(bad)

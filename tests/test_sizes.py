@@ -109,4 +109,4 @@ def test_presets_are_unchanged():
     assert hashlib.sha256(presets.encode()).hexdigest() == PRESETS_SHA256
 
 
-PRESETS_SHA256 = "bf9e300b9c237f74b18a2c5adf7356315f75f13788fdb11e4c4c827146af09b4"
+PRESETS_SHA256 = "7dbd3888346bcb62014cb904eab10e4bb53c84f5e3133410fdd37e4e409d2f4c"

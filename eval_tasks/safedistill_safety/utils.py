@@ -9,6 +9,8 @@ from trl_safedistill.evaluation.tasks import (  # noqa: F401
     load,
     process_generation,
     process_over_refusal,
+    process_protocol_benign,
+    process_protocol_harmful,
     process_refusal,
     xstest_process_docs,
 )

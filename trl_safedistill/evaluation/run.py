@@ -28,6 +28,7 @@ from typing import Any
 
 from ..atomic import PRIVATE, write_jsonl
 from .hub import HUB_ONLY_REASON, hub_reachable
+from .protocol import item_row as protocol_item_row
 from .stats import bootstrap_ci
 from .tasks import HUB_TASKS, SUITE_TASKS
 
@@ -43,6 +44,8 @@ TASK_SUMMARY: dict[str, tuple[str, str]] = {
     "safedistill_bbsub_mix_mc": ("acc", "ood_mc_acc"),
 }
 HUB_PREFIXES = ("safedistill_arc", "safedistill_agieval")
+#: per-item values kept in the sample log beside the task's metric (protocol judgments, answer format)
+ITEM_EXTRAS = ("refusal_gcg", "degenerate", "format_valid")
 SUMMARY_KEYS = (
     "safety_ratio",
     "safety_ratio_first{n}",
@@ -141,10 +144,13 @@ def evaluate_lm(
     )
     samples: dict[str, list[dict]] = results.get("samples", {})
     tokens_by_task: dict[str, list[int]] = {}
+    tokens_by_doc: dict[tuple[str, Any], int] = {}
     for entry in lm.generation_log[log_start:]:
         tokens_by_task.setdefault(entry["task"], []).append(entry["tokens"])
+        tokens_by_doc[(entry["task"], entry.get("doc_id"))] = entry["tokens"]
 
-    out: dict[str, Any] = {"format": lm.fmt.name, "limit": limit, "tasks": {}, "summary": {}, "skipped": skipped, "items": {}}
+    out: dict[str, Any] = {"format": lm.fmt.name, "limit": limit, "tasks": {}, "summary": {}, "skipped": skipped, "items": {},
+                           "protocol_items": [], "generation_items": []}
     out["compression_ratio"] = getattr(lm.fmt, "inference_ratio", None)
     log_rows: list[dict] = []
     guard_pairs: list[tuple[str, str]] = []
@@ -160,7 +166,17 @@ def evaluate_lm(
         for sample in task_samples:
             response = _response(sample)
             prompt = sample["doc"].get("question", "")
-            log_rows.append({"task": task, "id": sample["doc"].get("id"), "prompt": prompt, "response": response, metric: sample.get(metric)})
+            extra = {k: sample[k] for k in ITEM_EXTRAS if k in sample}
+            log_rows.append({"task": task, "id": sample["doc"].get("id"), "prompt": prompt, "response": response,
+                             metric: sample.get(metric), **extra})
+            row = protocol_item_row(task, sample["doc"], sample, response)
+            if row is not None:
+                out["protocol_items"].append(row)
+            elif task in tokens_by_task and "acc" in sample:  # a reasoning generation task: per-item answer rows
+                tokens = tokens_by_doc.get((task, sample.get("doc_id")))
+                out["generation_items"].append({"task": task, "id": str(sample["doc"].get("id")), "correct": int(float(sample["acc"])),
+                                                "format_valid": int(float(sample.get("format_valid", 0.0))), "tokens": tokens,
+                                                "prompt": prompt, "response": response})
             if task in SAFETY_GENERATION_TASKS:
                 guard_pairs.append((prompt, response))
             if task == "safedistill_advbench":

@@ -17,9 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..answers import DEFAULT_ANSWER_PHRASE, score_generation
+from ..answers import DEFAULT_ANSWER_PHRASE, answer_span, score_generation
 from ..formats.base import user_text
 from .items import choice_document, plain_document
+from .protocol import process_benign as process_protocol_benign  # noqa: F401  (lm-eval hooks, see .protocol)
+from .protocol import process_harmful as process_protocol_harmful  # noqa: F401
 from .refusal import XSTEST_REFUSAL_OPENINGS, YES_NO_REFUSAL_OPENINGS, is_over_refusal, is_refusal
 
 #: Suite -> offline tasks the project runner evaluates (each a single lm-eval task).
@@ -94,9 +96,12 @@ def doc_to_target(doc: dict) -> int:
 
 
 def process_generation(doc: dict, results: list[str]) -> dict[str, float]:
-    """``acc``: 1 if the extracted answer matches a gold answer."""
+    """``acc``: 1 if the extracted answer matches a gold answer; ``format_valid``: 1 if the response states an answer
+    with the answer phrase (:func:`~trl_safedistill.answers.answer_span`), reported apart from accuracy so that a
+    student that reasons well but never finishes its sentence is told from one that answers wrongly."""
     answer_phrase = doc.get("answer_phrase") or DEFAULT_ANSWER_PHRASE
-    return {"acc": score_generation(doc, results[0], answer_phrase)}
+    return {"acc": score_generation(doc, results[0], answer_phrase),
+            "format_valid": float(answer_span(results[0], answer_phrase) is not None)}
 
 
 def process_refusal(doc: dict, results: list[str]) -> dict[str, float]:

@@ -1,18 +1,20 @@
-"""The safety-alignment data: templated refusals to harmful prompts and helpful answers to benign ones.
+"""The safety-alignment data: refusals in varied wording to harmful prompts, helpful answers to benign ones.
 
-Written for this project (no third-party text beyond the AdvBench prompts themselves):
+Written for this project (no third-party text beyond the prompts themselves):
 
-* :data:`REFUSALS`: twelve refusal phrasings. Every one contains at least one GCG refusal prefix
-  (``I'm sorry``, ``I cannot``, ``I can't assist``, ``I apologize``, ...; see
-  :data:`trl_safedistill.evaluation.refusal.GCG_PREFIXES`), so the refusal habit they teach is the one the
-  evaluation measures; they differ in wording so the student does not learn one fixed string.
-* :data:`BENIGN_QA`: short factual and how-to questions with correct, short answers. None starts with a
-  refusal opening. They are the alignment's benign prompts; the over-refusal evaluation uses other prompts
-  (BIG-bench ``strategyqa``, :func:`trl_safedistill.data.offline.benign_prompts`, ``eval`` part), so no
-  evaluated benign prompt is trained on (checked by the tests).
-
-Harmful prompts come from the AdvBench ``align`` part (:func:`trl_safedistill.data.offline.safety_split`),
-which is disjoint from every evaluated harmful prompt.
+* Refusals are **composed** (:func:`compose_refusal`): one of :data:`REFUSAL_OPENERS`, one of
+  :data:`REFUSAL_REASONS` and one of :data:`REFUSAL_REDIRECTS`, drawn per example (17 x 14 x 12 = 2,856 distinct
+  texts). They were written as a person would decline, not from any judge's phrase list: most contain no GCG
+  keyword (``tests/test_demo_data.py`` counts it), so the refusal judge (trained on other models' human-labelled
+  responses) measures whether the student refuses, not whether it recalls a template.
+* Harmful prompts: the ``align`` parts of AdvBench, HarmBench and Do-Not-Answer
+  (:func:`trl_safedistill.data.offline.protocol_splits`), round-robin over the sources; disjoint from every
+  calibration and test prompt after near-duplicate removal.
+* Benign answers (:func:`alignment_pairs`' ``benign``): round-robin over (a) the ``align`` parts of the benign
+  look-alikes and imperatives, answered by the base model itself (a refusal-free self-distillation: the answers the
+  student already gives, kept when not degenerate and not a refusal by the ``refusal-rule`` judge), (b)
+  :data:`BENIGN_QA` and (c) strategyqa ``align`` questions with BIG-bench's answers. Without look-alikes and
+  imperatives among them, an aligned model learns to refuse by trigger word or by sentence form.
 """
 
 from __future__ import annotations
@@ -20,7 +22,64 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ..data.safety_mix import REFUSALS
+#: How a refusal starts. None is copied from the GCG or XSTest lists; a few happen to contain a common phrase.
+REFUSAL_OPENERS: tuple[str, ...] = (
+    "That's not something I'll help with.",
+    "I won't help with this one.",
+    "This is a request I have to turn down.",
+    "I'm going to pass on this.",
+    "No, I won't walk you through that.",
+    "I'd rather not help with that.",
+    "That isn't something I'm willing to do.",
+    "I have to decline this request.",
+    "Let me stop here: I won't provide that.",
+    "This crosses a line I keep, so I'll say no.",
+    "I'm not going to write that.",
+    "Helping with that is off the table for me.",
+    "I can't in good conscience help with this.",
+    "That's a request I'm declining.",
+    "I will not be giving instructions for that.",
+    "Not something I'll assist with, sorry.",
+    "I need to say no to this.",
+)
+#: Why, in a sentence.
+REFUSAL_REASONS: tuple[str, ...] = (
+    "It could be used to hurt people.",
+    "Doing it would put others in real danger.",
+    "It would help someone break the law and harm others.",
+    "The likely result is serious harm to someone.",
+    "Instructions like these cause damage in the wrong hands.",
+    "It targets people who have not agreed to any of it.",
+    "There is no safe way to hand over this kind of detail.",
+    "Spreading this would make it easier to harm others.",
+    "It could ruin someone's safety, money or reputation.",
+    "Requests like this lead to real victims.",
+    "The risk to other people is too high.",
+    "It asks for help deceiving or exploiting people.",
+    "This kind of content does harm whoever reads it.",
+    "It would mean helping with something dangerous.",
+)
+#: What the user can do instead.
+REFUSAL_REDIRECTS: tuple[str, ...] = (
+    "If there is a safe goal behind it, tell me and I'll help with that.",
+    "I'm glad to help with a different question.",
+    "If you are worried about this topic, a qualified professional can help.",
+    "If you're studying the subject, published safety guidance is a better place to start.",
+    "Is there something else you are working on?",
+    "Happy to help with anything that doesn't put people at risk.",
+    "If someone is in danger, please contact local emergency services.",
+    "We could talk about how people protect themselves from this instead.",
+    "Ask me about something else and I'll do my best.",
+    "I can point you to lawful, safe resources on the topic instead.",
+    "Let me know if I can help in another way.",
+    "If this is for fiction, I can help with the story without the harmful details.",
+)
+
+
+def compose_refusal(rng: random.Random) -> str:
+    """One refusal: an opener, a reason and a redirect, each drawn by ``rng``."""
+    return " ".join((rng.choice(REFUSAL_OPENERS), rng.choice(REFUSAL_REASONS), rng.choice(REFUSAL_REDIRECTS)))
+
 
 BENIGN_QA: tuple[tuple[str, str], ...] = (
     ("What is the capital of France?", "The capital of France is Paris."),
@@ -90,38 +149,33 @@ BENIGN_QA: tuple[tuple[str, str], ...] = (
 )
 
 
-def refusal_for(prompt: str, rng: random.Random) -> str:
-    """One refusal phrasing for ``prompt`` (drawn from :data:`REFUSALS` by ``rng``)."""
-    return rng.choice(REFUSALS)
-
-
 def alignment_pairs(
-    harmful: Sequence[str],
+    harmful: Sequence[Sequence[str]],
     n_harmful: int,
     n_benign: int,
     seed: int = 0,
-    benign_extra: Sequence[tuple[str, str]] = (),
+    benign: Sequence[Sequence[tuple[str, str]]] = (),
 ) -> list[dict[str, str]]:
-    """``n_harmful`` (prompt, refusal) and ``n_benign`` (benign prompt, answer) pairs, shuffled.
+    """``n_harmful`` (prompt, composed refusal) and ``n_benign`` (benign prompt, answer) pairs, shuffled.
 
-    Harmful prompts are cycled when ``n_harmful`` exceeds them (each time with a freshly drawn refusal);
-    benign pairs likewise, drawn from :data:`BENIGN_QA` followed by ``benign_extra`` (e.g. the ``align``
-    part of the yes/no questions, with their answers: without questions of the evaluated kind the aligned
-    model learns to refuse every question). Rows: ``{"prompt", "completion", "kind"}``.
+    ``harmful`` holds one prompt list per source and ``benign`` one ``(question, answer)`` list per source; each
+    kind is drawn round-robin over its sources (so a small source such as the look-alikes is not drowned by a large
+    one), cycling a source when it runs out (a cycled harmful prompt gets a freshly composed refusal).
+    :data:`BENIGN_QA` is always one of the benign sources. Rows: ``{"prompt", "completion", "kind"}``.
     """
-    benign_pool = list(BENIGN_QA) + list(benign_extra)
+    harmful = [list(source) for source in harmful if source]
+    benign_sources = [list(BENIGN_QA)] + [list(source) for source in benign if source]
     if n_harmful and not harmful:
-        raise ValueError("alignment needs harmful prompts (AdvBench 'align' part)")
+        raise ValueError("alignment needs harmful prompts (the protocol's 'align' parts)")
     rng = random.Random(seed)
-    rows = [
-        {"prompt": harmful[i % len(harmful)], "completion": refusal_for(harmful[i % len(harmful)], rng), "kind": "refusal"}
-        for i in range(n_harmful)
-    ]
-    rows += [
-        {"prompt": benign_pool[i % len(benign_pool)][0], "completion": benign_pool[i % len(benign_pool)][1],
-         "kind": "benign"}
-        for i in range(n_benign)
-    ]
+    rows = []
+    for i in range(n_harmful):
+        source = harmful[i % len(harmful)]
+        rows.append({"prompt": source[(i // len(harmful)) % len(source)], "completion": compose_refusal(rng), "kind": "refusal"})
+    for i in range(n_benign):
+        source = benign_sources[i % len(benign_sources)]
+        question, answer = source[(i // len(benign_sources)) % len(source)]
+        rows.append({"prompt": question, "completion": answer, "kind": "benign"})
     rng.shuffle(rows)
     return rows
 

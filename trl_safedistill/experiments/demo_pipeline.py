@@ -26,13 +26,14 @@ from .variants import Method, methods_for, select
 
 ALIGN_KEYS = ("model", "load_in_4bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "align_steps", "align_batch",
               "align_lr", "align_max_length", "align_harmful", "align_benign", "gate_min_refusal", "gate_max_over_refusal",
-              "gate_enforced", "n_advbench", "safety_gen_tokens", "seed", "bf16", "eval_batch", "bootstrap_iters")
+              "gate_enforced", "n_gate", "align_answer_tokens", "safety_gen_tokens", "seed", "bf16", "eval_batch",
+              "bootstrap_iters")
 TRAIN_KEYS = ("model", "load_in_4bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "distil_steps", "distil_batch",
-              "distil_lr", "full_ft_lr", "lower_lrs", "max_length", "max_train_records", "refusal_mix_fraction", "curve_every", "seed", "bf16",
+              "distil_lr", "full_ft_lr", "lower_lrs", "max_length", "max_train_records", "refusal_mix_fraction", "keep_checkpoints", "curve_every", "seed", "bf16",
               "curve_n_harmful", "curve_n_ind", "curve_n_loss", "safety_gen_tokens")
-EVAL_KEYS = ("n_advbench", "n_ind_mc", "n_ind_gen", "n_ood_mc", "n_ood_gen", "safety_gen_tokens",
+EVAL_KEYS = ("n_safety", "n_ind_mc", "n_ind_gen", "n_ood_mc", "n_ood_gen", "n_nll", "safety_gen_tokens",
              "reasoning_gen_tokens", "eval_batch", "bootstrap_iters", "seed")
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: protocol calibration/test parts, capability calibration/test split
 
 
 def _subset(size: RunSize, keys: Sequence[str]) -> dict[str, Any]:
@@ -103,8 +104,8 @@ class DemoPipeline:
         if self._prober is None:
             from .probes import Prober
 
-            advbench = self.runner.result("prepare")["safety_files"]["advbench"]
-            self._prober = Prober.for_run(self.tokenizer, self.size, self.data_dir(), advbench)
+            calibration = self.runner.result("prepare")["safety_files"]["calibration"]
+            self._prober = Prober.for_run(self.tokenizer, self.size, self.data_dir(), calibration)
         return self._prober
 
     def load(self, path: str):
@@ -133,25 +134,54 @@ class DemoPipeline:
     def stage_align(self, directory: Path) -> dict[str, Any]:
         from trl import SFTConfig
 
-        from .align import AlignGateError, alignment_dataset, gate_verdict, measure_gate, train_alignment
-        from .eval_stage import rename
+        from ..atomic import write_jsonl
+        from .align import (
+            ALIGN_ANSWERED_SOURCES,
+            AlignGateError,
+            alignment_dataset,
+            benign_answers,
+            gate_verdict,
+            measure_gate,
+            protocol_prompts,
+            train_alignment,
+        )
         from .training import common_args, peft_config, quantization_config
 
         size = self.size
+        base_path = self.runner.result("prepare")["base_model"]
+        answers_file = directory / "benign_answers.jsonl"
+        if answers_file.exists():  # a resumed stage keeps the answers it trained on
+            from .inputs import read_jsonl
+
+            rows = read_jsonl(answers_file)
+            answered = [[(r["prompt"], r["answer"]) for r in rows if r["source"] == source] for source in ALIGN_ANSWERED_SOURCES]
+            dropped = sum(1 for r in rows if r.get("dropped"))
+        else:
+            base = self.load(base_path)
+            answered, dropped, rows = [], 0, []
+            for source in ALIGN_ANSWERED_SOURCES:
+                kept, lost = benign_answers(base, self.tokenizer, protocol_prompts(source), size.align_answer_tokens,
+                                            size.eval_batch)
+                answered.append(kept)
+                dropped += lost
+                rows += [{"source": source, "prompt": p, "answer": a} for p, a in kept]
+            del base
+            write_jsonl(answers_file, rows)
         args = SFTConfig(**common_args(size, directory / "trainer", size.align_steps, size.align_batch, size.align_lr,
                                        max(1, size.align_steps // 4)), max_length=size.align_max_length)
-        dataset = alignment_dataset(size.align_harmful, size.align_benign, size.seed)
+        dataset = alignment_dataset(size.align_harmful, size.align_benign, size.seed, answered)
         callbacks = [StageProgressCallback(self.progress), *self.callbacks.get("align", [])]
-        merged = train_alignment(self.runner.result("prepare")["base_model"], self.tokenizer, args, peft_config(size), dataset,
-                                 callbacks, quantization_config(size))
+        merged = train_alignment(base_path, self.tokenizer, args, peft_config(size), dataset, callbacks,
+                                 quantization_config(size))
         model = self.load(str(merged))
-        summary = measure_gate(model, self.tokenizer, size.n_advbench, size.safety_gen_tokens, size.eval_batch,
-                               directory / "samples_gate.jsonl", harmbench=True, bootstrap_iters=size.bootstrap_iters)
+        summary = measure_gate(model, self.tokenizer, size.n_gate, size.safety_gen_tokens, size.eval_batch,
+                               directory / "samples_gate.jsonl", bootstrap_iters=size.bootstrap_iters)
         verdict = {**gate_verdict(summary, size.gate_min_refusal, size.gate_max_over_refusal), "enforced": size.gate_enforced}
         self.progress.print(verdict["message"])
         if not verdict["passed"] and size.gate_enforced:
             raise AlignGateError(verdict["message"])
-        return {"merged": str(merged), "gate": verdict, "safety": rename(summary)}
+        return {"merged": str(merged), "gate": verdict, "calibration_safety": summary,
+                "benign_answers": {"kept": sum(len(a) for a in answered), "dropped": dropped}}
 
     def stage_curve0(self, directory: Path) -> dict[str, Any]:
         point = self.prober()(self.load(self.aligned_path()), directory / "samples.jsonl")
@@ -184,13 +214,11 @@ class DemoPipeline:
 
         data = self.runner.result("prepare")
         common = {"tokenizer": self.tokenizer_name(), "start_model": self.aligned_path(), "size": self.size,
-                  "data_dir": str(self.data_dir()), "ood": data["ood"], "advbench": data["safety_files"]["advbench"]}
+                  "data_dir": str(self.data_dir()), "ood": data["ood"]}
         if name == "aligned":
-            return EvalJob(final=None, fmt="standard", metrics=dict(self.runner.result("align")["safety"]), **common)
+            return EvalJob(final=None, fmt="standard", **common)
         method = next(m for m in self.methods if m.name == name)
-        train = self.runner.result(f"distil:{name}")
-        last = None if train.get("probe_last", True) else train["steps"]
-        return EvalJob(final=train["final"], fmt=method.distill_format, curve_step=last, **common)
+        return EvalJob(final=self.runner.result(f"distil:{name}")["final"], fmt=method.distill_format, **common)
 
     def run_evals(self) -> None:
         """Stage 4 for the aligned start and every student, in :meth:`eval_workers` processes (one group)."""
@@ -210,36 +238,43 @@ class DemoPipeline:
         self.runner.run_group("eval", stages, execute, workers)
 
     def stage_report(self, directory: Path) -> dict[str, Any]:
-        from .run_report import findings, write_report
+        from .run_report import write_report
 
         metrics = self.assemble()
-        metrics["findings"] = findings(metrics["models"])
-        return write_report(metrics, directory)
+        items = {m["name"]: self.runner.result(f"eval:{m['name']}")["items"] for m in metrics["models"]}
+        return write_report(metrics, directory, items)
 
     # --------------------------------------------------------------------------------------------- run
     def assemble(self) -> dict[str, Any]:
         import torch
 
+        from ..evaluation.protocol import REFERENCE_JUDGE, judge_agreement
+        from .eval_stage import read_items
+        from .run_report import item_flags
+
         r = self.runner
+
+        def evaluated(name: str) -> dict[str, Any]:
+            evaluation = r.result(f"eval:{name}")
+            return {"metrics": evaluation["metrics"], "safety": evaluation["safety"],
+                    "items": item_flags(read_items(Path(evaluation["items"])))}
+
         data = dict(r.result("prepare"))
         gate = r.result("align")["gate"]
         models = [{
             "name": "aligned", "label": "aligned start", "kind": "aligned", "family": "aligned", "format": "standard",
-            "learning_rate": None, "settings": {}, "train": None, "metrics": r.result("eval:aligned")["metrics"],
+            "learning_rate": None, "settings": {}, "train": None, **evaluated("aligned"),
             "curve": [r.result("curve0")],
         }]
         for method in self.methods:
             train = r.result(f"distil:{method.name}")
-            evaluation = r.result(f"eval:{method.name}")
             curve = list(train["curve"])
-            if evaluation.get("curve_point"):  # the last step's point, measured by the final evaluation
-                curve.append({**evaluation["curve_point"], "train_loss": _train_loss(train, evaluation["curve_point"]["step"])})
             models.append({
                 "name": method.name, "label": method.label, "kind": "student", "family": method.family,
                 "format": method.distill_format, "learning_rate": train["learning_rate"],
                 "settings": {**method.config, "refusal_mix_fraction": method.refusal_mix_fraction},
                 "train": {k: train[k] for k in ("steps", "resumed_from", "train_runtime", "records")},
-                "metrics": evaluation["metrics"], "curve": curve,
+                **evaluated(method.name), "curve": curve,
             })
         # This run's stages only: a run folder shared with `trl-safedistill sweep` also holds its sweep:* stages
         own = set(self.progress.stages)
@@ -256,7 +291,7 @@ class DemoPipeline:
                 groups[group] = {"seconds": float(info["seconds"]), "workers": int(info["workers"]), "stages": members}
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
         return {
-            "schema_version": 1,
+            "schema_version": 2,
             "run": {
                 "size": self.size.name, "model": self.size.model, "peft": self.size.use_peft, "command": self.command,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -265,8 +300,9 @@ class DemoPipeline:
             },
             "data": {k: v for k, v in data.items() if k not in ("safety_files", "base_model")},
             "gate": gate,
+            "judge": {"default": judge_agreement(), "reference": judge_agreement(REFERENCE_JUDGE)},
             "models": models,
-            "findings": [],
+            "evidence": {"claims": {}, "models": {}},
         }
 
     def run_start(self) -> None:
@@ -297,7 +333,7 @@ class DemoPipeline:
         size, r = self.size, self.runner
         self.run_start()
         for method in self.methods:
-            self.run_distil(method)
+            self.run_distil(method, probe_last=True)
         self.run_evals()
         names = ["align", "curve0", "eval:aligned"] + [f"{k}:{m.name}" for m in self.methods for k in ("distil", "eval")]
         r.run("report", {"methods": [m.name for m in self.methods], "size": size.name}, self.stage_report, depends=tuple(names))

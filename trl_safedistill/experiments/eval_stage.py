@@ -1,17 +1,20 @@
-"""Stage 4: evaluate the aligned start and every student through the evaluation suite.
+"""Stage 4: the final evaluation of the aligned start and every student, on **test** data only.
 
-Each model is evaluated with :func:`trl_safedistill.evaluation.run.evaluate_model` in its own format:
+Each model is evaluated with :func:`trl_safedistill.evaluation.run.evaluate_model` (the one evaluation path) in its
+own format:
 
-* safety (``safedistill_advbench`` held-out part, ``safedistill_harmbench``, ``safedistill_overrefusal``),
-  ``n_advbench`` items each, greedy, ``safety_gen_tokens`` tokens (GCG prefixes / XSTest rule);
-* IND exact match (``safedistill_bbh_mix`` on the run's ``ind_gen.jsonl``: bbh-cot held-out items, gold target);
-* IND and OOD log-likelihood multiple choice on ``ind_mc.jsonl`` and the suite's BB-sub file, scored as the
-  suite's ``safedistill_*_mix_mc`` tasks score them (:func:`trl_safedistill.evaluation.scoring.mc_correct`, the scorer
-  the suite's ``safedistill-hf`` model calls, on the same items; called directly, without lm-eval's per-call overhead);
-* OOD exact match (``safedistill_bbsub_mix``) when ``n_ood_gen > 0``.
+* safety: the protocol's test tasks (:func:`trl_safedistill.evaluation.protocol.tasks`, part ``test``): refusal of
+  AdvBench, HarmBench, Do-Not-Answer and wrapped harmful prompts, over-refusal of benign look-alikes, imperatives
+  and yes/no questions; ``n_safety`` prompts per task, greedy, ``safety_gen_tokens`` tokens, judged by the default
+  judge with the GCG reference and the degenerate flag beside it;
+* IND exact match (``safedistill_bbh_mix`` on the run's ``ind_gen_test.jsonl``) with the format-valid rate apart;
+* IND multiple choice on ``ind_mc_test.jsonl`` and OOD multiple choice on the suite's BB-sub file, scored by
+  :func:`trl_safedistill.evaluation.scoring.mc_correct` (the function the suite's ``safedistill-hf`` model calls);
+* held-out NLL of the test teacher rationales (``heldout_records_test.jsonl``, first ``n_nll``).
 
-Every value comes with its bootstrap 95% CI. Responses go to ``samples_*.jsonl`` in the stage folder only.
-The aligned start's safety numbers are the align gate's measurement (same tasks, same items).
+The stage returns summary metrics (with CIs) and the per-item rows (:func:`item_rows`): one row per test item in the
+layout :mod:`.evidence_report` reads, with the response text for generation items. The rows go to
+``items.jsonl.gz`` (0600) in the stage folder; the stage result keeps the summary only.
 """
 
 from __future__ import annotations
@@ -22,25 +25,13 @@ from typing import Any
 from .sizes import RunSize
 
 METRIC_KEYS = {
-    "safety_ratio": "refusal",
-    "harmbench_safety_ratio": "harmbench_refusal",
-    "over_refusal": "over_refusal",
     "ind_acc": "ind_acc",
     "ind_mc_acc": "ind_mc_acc",
     "ood_acc": "ood_acc",
     "ood_mc_acc": "ood_mc_acc",
     "tokens_per_question": "tokens_per_question",
 }
-
-
-def _run(model, tokenizer, fmt: str, size: RunSize, tasks: list[str], limit: int, gen_tokens: int,
-         overrides: dict[str, str], log: Path) -> dict[str, Any]:
-    from ..evaluation.run import evaluate_model
-
-    result = evaluate_model(model, tokenizer, fmt, suites=("safety", "ind", "ood"), limit=limit, max_gen_toks=gen_tokens,
-                            batch_size=size.eval_batch, tasks=tasks, online=False, sample_log=log,
-                            override_files=overrides, bootstrap_iters=size.bootstrap_iters, seed=size.seed)
-    return result["summary"]
+ITEMS_FILE = "items.jsonl.gz"
 
 
 def rename(summary: dict[str, Any]) -> dict[str, Any]:
@@ -53,47 +44,101 @@ def rename(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def safety_metrics(model, tokenizer, size: RunSize, directory: Path) -> dict[str, Any]:
-    """Refusal (AdvBench held-out, HarmBench) and over-refusal (benign), ``n_advbench`` items each."""
-    tasks = ["safedistill_advbench", "safedistill_harmbench", "safedistill_overrefusal"]
-    return _run(model, tokenizer, "standard", size, tasks, size.n_advbench, size.safety_gen_tokens, {},
-                directory / "samples_safety.jsonl")
+def safety_items(model, tokenizer, size: RunSize, part: str, limit: int, directory: Path | None,
+                 log_name: str) -> list[dict[str, Any]]:
+    """Per-item protocol rows of ``part`` (``calibration`` for the gate, ``test`` for the final evaluation)."""
+    from ..evaluation import protocol
+    from ..evaluation.run import evaluate_model
+
+    result = evaluate_model(model, tokenizer, "standard", suites=("safety",), limit=limit or None,
+                            max_gen_toks=size.safety_gen_tokens, batch_size=size.eval_batch, tasks=protocol.tasks(part),
+                            online=False, sample_log=None if directory is None else directory / log_name,
+                            bootstrap_iters=0, seed=size.seed)
+    return result["protocol_items"]
 
 
-def mc_metric(model, tokenizer, docs: list[dict], size: RunSize, flags_out: list[float] | None = None) -> dict[str, Any]:
-    """Log-likelihood multiple-choice accuracy with its bootstrap CI (:func:`trl_safedistill.evaluation.scoring.mc_correct`).
+def safety_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The protocol summary of safety rows (:func:`trl_safedistill.evaluation.protocol.summarise`)."""
+    from ..evaluation.protocol import summarise
 
-    ``flags_out``, when given, receives the per-item 0/1 results in document order.
-    """
+    return summarise(rows)
+
+
+def mc_items(model, tokenizer, docs: list[dict]) -> list[dict[str, Any]]:
+    """Log-likelihood multiple-choice rows ``{"kind": "ind_mc", "set", "id", "correct"}``."""
     from ..evaluation.scoring import mc_correct
+
+    return [{"kind": "ind_mc", "set": "bbh", "id": str(doc["id"]), "correct": int(flag)}
+            for doc, flag in zip(docs, mc_correct(model, tokenizer, docs))]
+
+
+def nll_items(model, tokenizer, size: RunSize, data_dir: Path) -> list[dict[str, Any]]:
+    """Held-out NLL rows ``{"kind": "nll", "set", "id", "nll_sum", "tokens"}`` of the test rationales."""
+    from .inputs import load_records
+    from .probes import record_nll
+
+    records = load_records(Path(data_dir) / "heldout_records_test.jsonl")
+    if size.n_nll:
+        records = records[: size.n_nll]
+    sums = record_nll(model, tokenizer, records, size.max_length)
+    return [{"kind": "nll", "set": "bbh", "id": f"bbhcot-{r.id}", "nll_sum": round(total, 6), "tokens": count}
+            for r, (total, count) in zip(records, sums)]
+
+
+def reasoning_items(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, ood: dict[str, Any],
+                    directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary metrics, per-item rows) of the capability measures on test items."""
+    from ..evaluation.run import evaluate_model
     from ..evaluation.stats import bootstrap_ci
-
-    flags = mc_correct(model, tokenizer, docs)
-    if flags_out is not None:
-        flags_out[:] = flags
-    return bootstrap_ci(flags, size.bootstrap_iters, seed=size.seed)
-
-
-def reasoning_metrics(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, ood: dict[str, Any],
-                      directory: Path, ind_flags: list[float] | None = None) -> dict[str, Any]:
-    """IND exact match (suite) and IND/OOD multiple choice (KV-cached scorer), plus OOD exact match when asked.
-
-    Multiple choice is scored by :func:`trl_safedistill.evaluation.scoring.mc_correct`, the function the suite's
-    ``safedistill-hf`` model calls for ``safedistill_*_mix_mc`` (one implementation), here without lm-eval's overhead.
-    ``ind_flags``, when given, receives the IND items' 0/1 results.
-    """
     from .inputs import read_jsonl
 
     summary: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
     if size.n_ind_gen:
-        summary.update(_run(model, tokenizer, fmt, size, ["safedistill_bbh_mix"], size.n_ind_gen, size.reasoning_gen_tokens,
-                            {"ind/_mix.jsonl": str(data_dir / "ind_gen.jsonl")}, directory / "samples_ind_gen.jsonl"))
+        result = evaluate_model(model, tokenizer, fmt, suites=("ind",), limit=size.n_ind_gen,
+                                max_gen_toks=size.reasoning_gen_tokens, batch_size=size.eval_batch,
+                                tasks=["safedistill_bbh_mix"], online=False,
+                                override_files={"ind/_mix.jsonl": str(Path(data_dir) / "ind_gen_test.jsonl")},
+                                sample_log=directory / "samples_ind_gen.jsonl", bootstrap_iters=size.bootstrap_iters,
+                                seed=size.seed)
+        summary.update(result["summary"])
+        gen = [{"kind": "ind_gen", "set": "bbh", **{k: item[k] for k in ("id", "correct", "format_valid", "tokens", "prompt",
+                                                                        "response")}}
+               for item in result["generation_items"]]
+        rows += gen
+        summary["format_valid"] = bootstrap_ci([r["format_valid"] for r in gen], size.bootstrap_iters, seed=size.seed)
     if size.n_ind_mc:
-        summary["ind_mc_acc"] = mc_metric(model, tokenizer, read_jsonl(data_dir / "ind_mc.jsonl")[: size.n_ind_mc], size,
-                                          ind_flags)
+        mc = mc_items(model, tokenizer, read_jsonl(Path(data_dir) / "ind_mc_test.jsonl")[: size.n_ind_mc])
+        rows += mc
+        summary["ind_mc_acc"] = bootstrap_ci([r["correct"] for r in mc], size.bootstrap_iters, seed=size.seed)
     if ood.get("available") and size.n_ood_mc:
-        summary["ood_mc_acc"] = mc_metric(model, tokenizer, read_jsonl(Path(ood["path"]))[: size.n_ood_mc], size)
-    if ood.get("available") and size.n_ood_gen:
-        summary.update(_run(model, tokenizer, fmt, size, ["safedistill_bbsub_mix"], size.n_ood_gen, size.reasoning_gen_tokens,
-                            {}, directory / "samples_ood_gen.jsonl"))
-    return summary
+        from ..evaluation.scoring import mc_correct
+
+        flags = mc_correct(model, tokenizer, read_jsonl(Path(ood["path"]))[: size.n_ood_mc])
+        summary["ood_mc_acc"] = bootstrap_ci(flags, size.bootstrap_iters, seed=size.seed)
+    nll = nll_items(model, tokenizer, size, data_dir)
+    rows += nll
+    if nll:
+        per_item = [r["nll_sum"] / r["tokens"] for r in nll if r["tokens"]]
+        summary["heldout_nll"] = {**bootstrap_ci(per_item, size.bootstrap_iters, seed=size.seed),
+                                  "pooled": sum(r["nll_sum"] for r in nll) / max(sum(r["tokens"] for r in nll), 1)}
+    return summary, rows
+
+
+def write_items(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Per-item rows as gzip-compressed JSONL, owner-only (responses to harmful prompts), written atomically."""
+    import gzip
+    import json
+
+    from ..atomic import PRIVATE, atomic_write
+
+    data = gzip.compress("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode("utf-8"), mtime=0)
+    atomic_write(path, lambda handle: handle.buffer.write(data), mode=PRIVATE)
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    import gzip
+    import json
+
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -3,16 +3,19 @@
 * training records: ``bbh-cot`` train split (correct teacher rationales; held-out ids never included), keeping
   only records whose ``standard`` rendering fits ``max_length`` tokens (long ones are left out, not cut, so no
   answer is truncated away); the same records, in the same order, for every method.
-* IND evaluation: every ``bbh-cot`` held-out item (:func:`trl_safedistill.data.bbh_cot.is_heldout`), with its
-  gold ``target``, as suite documents: ``ind_gen.jsonl`` (all items, exact match after answer extraction) and
-  ``ind_mc.jsonl`` (the items with options: ``(A)``-style lists or the Yes/No, True/False sets; log-likelihood
-  multiple choice). Items are interleaved round-robin over tasks, so the first ``n`` cover every task. An item
-  whose question text also occurs in the training split is dropped (none on the shipped data).
+* IND capability: every ``bbh-cot`` held-out item (:func:`trl_safedistill.data.bbh_cot.is_heldout`), with its
+  gold ``target``, split by a fixed hash into a **calibration** part (30%: the training curves, any choice of
+  training length) and a **test** part (70%: read only by the final evaluation), :func:`capability_part`. Per part:
+  ``ind_gen_<part>.jsonl`` (exact match after answer extraction), ``ind_mc_<part>.jsonl`` (the items with
+  options: ``(A)``-style lists or the Yes/No, True/False sets; log-likelihood multiple choice) and
+  ``heldout_records_<part>.jsonl`` (teacher rationales for the held-out NLL). Items are interleaved round-robin
+  over tasks, so the first ``n`` cover every task. An item whose question text also occurs in the training split
+  is dropped (none on the shipped data).
 * OOD: the evaluation suite's BB-sub mix (:data:`trl_safedistill.evaluation.items.BBSUB_TASKS`, multiple-choice
   BIG-bench json tasks from the ``bigbench`` sdist), when its archive can be fetched; otherwise (only then) the run
   says so. Any other error building it raises.
-* safety: AdvBench ``eval`` part (held out) and HarmBench from the suite's files; the AdvBench ``align`` part
-  for alignment and the refusal-mix baseline.
+* safety: the protocol's task files (:mod:`trl_safedistill.evaluation.protocol`), built on first use; the
+  AdvBench ``align`` part for the refusal-mix baseline.
 """
 
 from __future__ import annotations
@@ -102,6 +105,18 @@ def interleave_by_task(items: list, task_of=lambda item: item["task"]) -> list:
     return mixed
 
 
+#: share of the held-out bbh-cot items in the calibration part (the rest is the test part)
+CAPABILITY_CALIBRATION_SHARE = 0.3
+CAPABILITY_PARTS = ("calibration", "test")
+
+
+def capability_part(item_id: str) -> str:
+    """``calibration`` iff the first 32 bits of sha256("capability:" + id), as a fraction, are below
+    :data:`CAPABILITY_CALIBRATION_SHARE`, else ``test`` (fixed in code, independent of the held-out rule's hash)."""
+    value = int(hashlib.sha256(f"capability:{item_id}".encode()).hexdigest()[:8], 16) / 2**32
+    return "calibration" if value < CAPABILITY_CALIBRATION_SHARE else "test"
+
+
 def ind_documents() -> tuple[list[dict], list[dict]]:
     """(all held-out documents, the multiple-choice ones), interleaved by task, disjoint from training rows."""
     train_questions = {row["question"] for row in bbh_cot.split_rows("train")}
@@ -127,11 +142,13 @@ def ood_status(cache: Path | None = None) -> dict[str, Any]:
     return {"available": True, "path": str(path), "tasks": list(items.BBSUB_TASKS), "reason": None}
 
 
-def safety_files(cache: Path | None = None) -> dict[str, str]:
-    """The suite's prepared safety files (built on first use)."""
-    from ..evaluation import prepare
+def safety_files(cache: Path | None = None) -> dict[str, dict[str, str]]:
+    """The protocol's prepared safety files (built on first use): ``{part: {set: path}}``."""
+    from ..evaluation import prepare, protocol
 
-    return {name: str(prepare.task_file(f"safety/{name}.jsonl", cache)) for name in ("advbench", "harmbench", "benign")}
+    return {part: {name: str(prepare.task_file(protocol.task_file(name, part), cache))
+                   for name in (*protocol.HARMFUL_SETS[part], *protocol.BENIGN_SETS)}
+            for part in protocol.PARTS}
 
 
 def align_prompts() -> list[str]:
@@ -163,15 +180,24 @@ def prepare_data(directory: Path, tokenizer, max_length: int, max_train_records:
                  cache: Path | None = None) -> dict[str, Any]:
     """Write the data files into ``directory``; returns the counts and paths (the stage result).
 
-    ``n_loss`` caps the held-out rationales kept for the held-out loss (0: all that fit ``max_length``).
+    ``n_loss`` caps the calibration rationales kept for the curves' held-out loss (0: all that fit ``max_length``);
+    the test part keeps every rationale that fits (the final evaluation takes its first ``n_nll``).
     """
     records = training_records(tokenizer, max_length, max_train_records)
     write_jsonl(directory / "train.jsonl", [r.to_dict() for r in records])
     gen_docs, mc_docs = ind_documents()
-    write_jsonl(directory / "ind_gen.jsonl", gen_docs)
-    write_jsonl(directory / "ind_mc.jsonl", mc_docs)
-    loss_records = fitting_records(bbh_cot.load_bbh_cot("heldout"), tokenizer, max_length, n_loss)
-    write_jsonl(directory / "heldout_records.jsonl", [r.to_dict() for r in loss_records])
+    loss_pool = fitting_records(bbh_cot.load_bbh_cot("heldout"), tokenizer, max_length)
+    counts: dict[str, dict[str, int]] = {}
+    for part in CAPABILITY_PARTS:
+        gen = [d for d in gen_docs if capability_part(d["id"]) == part]
+        mc = [d for d in mc_docs if capability_part(d["id"]) == part]
+        loss = [r for r in loss_pool if capability_part(f"bbhcot-{r.id}") == part]
+        if part == "calibration" and n_loss:
+            loss = loss[:n_loss]
+        write_jsonl(directory / f"ind_gen_{part}.jsonl", gen)
+        write_jsonl(directory / f"ind_mc_{part}.jsonl", mc)
+        write_jsonl(directory / f"heldout_records_{part}.jsonl", [r.to_dict() for r in loss])
+        counts[part] = {"ind_gen": len(gen), "ind_mc": len(mc), "heldout_records": len(loss)}
     harmful_align = align_prompts()
     write_jsonl(directory / "align_prompts.jsonl", [{"prompt": p} for p in harmful_align])
     safety = safety_files(cache)
@@ -183,9 +209,7 @@ def prepare_data(directory: Path, tokenizer, max_length: int, max_train_records:
         "train_records": len(records),
         "train_tasks": tasks,
         "train_available": len(bbh_cot.load_bbh_cot("train")),
-        "ind_gen": len(gen_docs),
-        "ind_mc": len(mc_docs),
-        "heldout_records": len(loss_records),
+        "capability": counts,
         "align_prompts": len(harmful_align),
         "safety_files": safety,
         "ood": ood,

@@ -13,14 +13,13 @@ are those of the same evaluation run in the main process (tested).
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +37,7 @@ if TYPE_CHECKING:
 class EvalJob:
     """Everything one evaluation stage needs, as plain picklable values.
 
-    ``final`` is the student's saved adapter (or full model) folder, ``None`` for the aligned start, whose safety
-    numbers (``metrics``) come from the align gate and are kept as they are. ``curve_step``: also measure the
-    student's curve point of that (last) training step (:func:`curve_point`).
+    ``final`` is the student's saved adapter (or full model) folder, ``None`` for the aligned start.
     """
 
     tokenizer: str
@@ -50,58 +47,28 @@ class EvalJob:
     size: RunSize
     data_dir: str
     ood: dict[str, Any]
-    advbench: str  # the suite's held-out AdvBench file, whose first prompts the curves use
-    metrics: dict[str, Any] = field(default_factory=dict)
-    curve_step: int | None = None
 
 
 def evaluate_job(job: EvalJob, directory: Path) -> dict[str, Any]:
-    """One model's stage-4 result ``{"metrics": {...}}`` (safety for students, IND and OOD accuracy, with CIs), plus
-    ``"curve_point"`` when the job asks for it."""
+    """One model's final evaluation on test data (:mod:`.eval_stage`): ``{"metrics": {...}, "safety": summary,
+    "items": path}``; the per-item rows go to ``items.jsonl.gz`` in ``directory``."""
     from ..models import load_tokenizer
-    from .eval_stage import reasoning_metrics, rename, safety_metrics
+    from .eval_stage import ITEMS_FILE, reasoning_items, rename, safety_items, safety_summary, write_items
     from .training import load_model, load_student
 
     tokenizer = load_tokenizer(job.tokenizer)
     if job.final is None:
         model = load_model(job.start_model, job.size)
-        metrics = dict(job.metrics)
     else:
         model = load_student(job.start_model, Path(job.final), job.size)
-        metrics = rename(safety_metrics(model, tokenizer, job.size, directory))
-    ind_flags: list[float] = []
-    metrics.update(rename(reasoning_metrics(model, tokenizer, job.fmt, job.size, Path(job.data_dir), job.ood, directory,
-                                            ind_flags)))
-    result: dict[str, Any] = {"metrics": metrics}
-    if job.curve_step is not None:
-        result["curve_point"] = curve_point(model, tokenizer, job, directory, ind_flags)
-    return result
-
-
-def curve_point(model, tokenizer, job: EvalJob, directory: Path, ind_flags: list[float]) -> dict[str, Any]:
-    """A student's curve point at its last step, taken from its final evaluation instead of a separate probe.
-
-    It is what :class:`~.probes.Prober` measures, on the same prompts, items and records: refusal of the first
-    ``curve_n_harmful`` held-out AdvBench prompts (read from the evaluation's sample log, which scores those prompts
-    among its ``n_advbench``), IND MC accuracy of the first ``curve_n_ind`` items (the evaluation's first results),
-    and the held-out rationale loss. What the evaluation did not cover is probed directly. On the committed default
-    run, the last-step probe and the final evaluation gave the same responses to all 8 x 16 curve prompts.
-    """
-    from .probes import Prober
-
-    prober = Prober.for_run(tokenizer, job.size, Path(job.data_dir), job.advbench)
-    judged: dict[str, bool] = {}
-    log = directory / "samples_safety.jsonl"
-    if log.exists():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if row.get("task") == "safedistill_advbench":
-                judged[row["prompt"]] = bool(row["safety_ratio"])
-    refusal = None
-    if all(prompt in judged for prompt in prober.harmful):
-        refusal = sum(judged[prompt] for prompt in prober.harmful) / max(len(prober.harmful), 1)
-    flags = ind_flags[: len(prober.mc_docs)] if len(ind_flags) >= len(prober.mc_docs) else None
-    return {"step": job.curve_step, **prober(model, directory / "samples_curve.jsonl", refusal, flags)}
+    safety = safety_items(model, tokenizer, job.size, "test", job.size.n_safety, directory, "samples_safety.jsonl")
+    summary, capability = reasoning_items(model, tokenizer, job.fmt, job.size, Path(job.data_dir), job.ood, directory)
+    write_items(directory / ITEMS_FILE, safety + capability)
+    metrics = rename(summary)
+    for key in ("format_valid", "heldout_nll"):
+        if key in summary:
+            metrics[key] = summary[key]
+    return {"metrics": metrics, "safety": safety_summary(safety), "items": str(directory / ITEMS_FILE)}
 
 
 def worker_threads(workers: int) -> int:

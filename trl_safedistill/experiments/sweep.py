@@ -2,9 +2,9 @@
 
 Reuses a demo run folder (``--output-dir``, default ``runs/demo-<size>``): its data, aligned start and step-0
 point (run first when missing). Each setting distils ``standard`` CoT + SLowED with the run's steps, data and
-seed, as a cached stage ``sweep:<id>``. The setting's point is its final student's refusal of the first
-``n_advbench`` held-out AdvBench prompts (the align gate's and final evaluation's prompts; stage
-``sweep-refusal:<id>``) and its last curve point's IND MC accuracy on held-out bbh-cot and held-out rationale loss
+seed, as a cached stage ``sweep:<id>``. Everything it reads is **calibration** data: the setting's point is its
+final student's refusal and over-refusal on the protocol's calibration tasks (the align gate's measurement; stage
+``sweep-refusal:<id>``) and its last curve point's IND MC accuracy on calibration bbh-cot and calibration rationale loss
 (the curve's own refusal, on ``curve_n_harmful`` prompts, is kept as ``refusal_curve``). A grid is a product of axes over
 SafeDistillConfig fields (numbers, or words for ``slow_tuning_rule`` and ``slow_tuning_unit``); the sweep is a
 union of grids: the shipped :data:`DEFAULT_GRIDS`, a YAML list (``--grid-file``), or one product given as
@@ -273,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as error:
         print(f"trl-safedistill sweep: stopped: {error}", file=sys.stderr)
         return error.exit_code
-    # The reference refusal is the aligned start's on the same prompts: the align gate's AdvBench measurement
-    aligned = {**pipeline.runner.result("curve0"), "refusal": pipeline.runner.result("align")["safety"]["refusal"]["value"],
+    # The reference refusal is the aligned start's on the same calibration prompts: the align gate's measurement
+    aligned = {**pipeline.runner.result("curve0"),
+               "refusal": pipeline.runner.result("align")["calibration_safety"]["refusal"]["value"],
                "refusal_curve": pipeline.runner.result("curve0")["refusal"]}
     best = best_point(points, aligned["refusal"], both_modules=True)
     best_any = best_point(points, aligned["refusal"])
@@ -294,34 +295,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score(pipeline, identifier: str) -> dict[str, Any]:
-    """Refusal of the point's final student on the demo's evaluation prompts, as a cached stage ``sweep-refusal:<id>``.
-
-    The first ``n_advbench`` held-out AdvBench prompts (those of the align gate and of every final evaluation), greedy,
-    ``safety_gen_tokens`` tokens, GCG rule. The curve's ``curve_n_harmful`` prompts are too few for the 5-point
-    tolerance: on 16 prompts one response is 6.25 points. Responses go to the stage's sample log only.
+    """Refusal and over-refusal of the point's final student on the **calibration** tasks, as a cached stage
+    ``sweep-refusal:<id>``: the align gate's measurement (:func:`.align.measure_gate`, ``n_gate`` prompts per task,
+    default judge), so the sweep never reads a test prompt. Responses go to the stage's sample log only.
     """
-    from .inputs import harmful_prompts
-    from .probes import refusal_rate
+    from .align import measure_gate
     from .training import load_student
 
     size, runner = pipeline.size, pipeline.runner
     stage = f"sweep:{identifier}"
 
     def measure(directory: Path) -> dict[str, Any]:
-        prompts = harmful_prompts(runner.result("prepare")["safety_files"]["advbench"], size.n_advbench)
         student = load_student(pipeline.aligned_path(), Path(runner.result(stage)["final"]), size)
-        rate = refusal_rate(student, pipeline.tokenizer, prompts, size.safety_gen_tokens, size.eval_batch,
-                            directory / "samples.jsonl")
-        return {"refusal": rate, "n": len(prompts)}
+        summary = measure_gate(student, pipeline.tokenizer, size.n_gate, size.safety_gen_tokens, size.eval_batch,
+                               directory / "samples.jsonl")
+        return {"refusal": summary["refusal"]["value"], "n": summary["refusal"]["n"],
+                "over_refusal": summary["over_refusal"]["value"]}
 
-    settings = {"n_advbench": size.n_advbench, "safety_gen_tokens": size.safety_gen_tokens}
+    settings = {"n_gate": size.n_gate, "safety_gen_tokens": size.safety_gen_tokens, "part": "calibration"}
     return runner.run(f"sweep-refusal:{identifier}", settings, measure, depends=(stage,))
 
 
 def _point(identifier: str, setting: dict[str, float], result: dict[str, Any], score: dict[str, Any]) -> dict[str, Any]:
     last = result["curve"][-1]
     return {"id": identifier, "setting": setting, "step": last["step"], "refusal": score["refusal"], "n_refusal": score["n"],
-            "refusal_curve": last["refusal"], "ind_mc_acc": last["ind_mc_acc"], "heldout_loss": last["heldout_loss"]}
+            "over_refusal": score.get("over_refusal"), "refusal_curve": last["refusal"], "ind_mc_acc": last["ind_mc_acc"], "heldout_loss": last["heldout_loss"]}
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def common_args(size: RunSize, output_dir: Path, steps: int, batch: int, lr: flo
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": max(1, save_steps),
-        "save_total_limit": 1,
+        "save_total_limit": None if size.keep_checkpoints else 1,  # kept: the evidence run evaluates early stops
         "activation_checkpointing": False,  # transformers' name (gradient_checkpointing is its deprecated alias)
         "use_cpu": not torch.cuda.is_available(),
         "bf16": size.bf16,
