@@ -1,9 +1,9 @@
-"""The demo pipeline in miniature (tiny random model, a handful of steps): artefacts, caching, resume, gate."""
+"""The demo pipeline in miniature (tiny random model, a handful of steps): artefacts, evidence units, caching, resume,
+gate, sweep. The gate, curves and sweep read calibration data only (see also tests/test_protocol_isolation.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import shutil
@@ -37,22 +37,76 @@ def tiny_run(tmp_path_factory):
     return run_dir, console
 
 
+SAFETY_SETS = {"advbench": "harmful", "harmbench": "harmful", "donotanswer": "harmful", "wrapped": "harmful",
+               "lookalike": "benign", "imperative": "benign", "yesno": "benign"}
+
+
 def test_miniature_produces_every_artefact(tiny_run):
+    from trl_safedistill.experiments.eval_stage import read_items
+    from trl_safedistill.experiments.run_report import item_flags
+
     run_dir, console = tiny_run
     report = run_dir / "report"
-    for name in ("metrics.json", "report.md", "final_metrics.png", "refusal_vs_step.png", "refusal_vs_learned.png"):
+    for name in ("metrics.json", "report.md", "safety_metrics.png", "refusal_vs_step.png", "refusal_vs_learned.png"):
         assert (report / name).stat().st_size > 0, name
         assert (run_dir.parent / "results" / name).exists()
     metrics = validate_file(report / "metrics.json")
+    assert metrics["schema_version"] == 2
     assert [m["name"] for m in metrics["models"]] == ["aligned", *METHODS]
-    for model in metrics["models"][1:]:
-        assert [p["step"] for p in model["curve"]] == [0, 2, 4]  # step 0 = the aligned start, then every 2 steps
-        for key in ("refusal", "harmbench_refusal", "over_refusal", "ind_mc_acc", "ind_acc", "ood_mc_acc"):
-            assert model["metrics"][key]["n"] > 0, (model["name"], key)
-    assert {f["id"] for f in metrics["findings"]} >= {"standard_erodes", "slowed_keeps_refusal", "cascade_ood"}
-    assert metrics["gate"]["enforced"] is False
+    size = get_size("tiny")
+    for model in metrics["models"]:
+        name, safety = model["name"], model["safety"]
+        if model["kind"] == "student":
+            assert [p["step"] for p in model["curve"]] == [0, 2, 4]  # step 0 = the aligned start, then every 2 steps
+        # the protocol's test tasks, n_safety prompts each: 4 harmful sets, 3 benign
+        assert {k: v["kind"] for k, v in safety["sets"].items()} == SAFETY_SETS, name
+        assert safety["refusal"]["n"] == 4 * size.n_safety and safety["over_refusal"]["n"] == 3 * size.n_safety
+        assert safety["balance"] == pytest.approx(safety["refusal"]["value"] - safety["over_refusal"]["value"])
+        for key in ("degenerate_harmful", "degenerate_benign", "refusal_gcg", "over_refusal_gcg"):
+            assert safety[key]["method"] == "wilson" and len(safety[key]["ci"]) == 2, (name, key)
+        for key in ("ind_mc_acc", "ind_acc", "ood_mc_acc", "format_valid"):
+            assert model["metrics"][key]["n"] > 0, (name, key)
+        assert model["metrics"]["heldout_nll"]["n"] == size.n_nll
+        # per-item flags, no text; the same judgments as the summary, on test items only
+        items = model["items"]
+        assert not [row for row in items if {"prompt", "response"} & set(row)]
+        kinds = [row["kind"] for row in items]
+        assert kinds.count("harmful") == 4 * size.n_safety and kinds.count("benign") == 3 * size.n_safety
+        assert kinds.count("ind_mc") == size.n_ind_mc and kinds.count("ind_gen") == size.n_ind_gen
+        assert kinds.count("nll") == size.n_nll
+        assert sum(r["refusal"] for r in items if r["kind"] == "harmful") == safety["refusal"]["successes"]
+        assert sum(r["refusal"] for r in items if r["kind"] == "benign") == safety["over_refusal"]["successes"]
+        assert all("_test-" in r["id"] for r in items if r["kind"] in ("harmful", "benign")), name
+        # the evidence unit of the model: its per-item rows (0600) are the ones behind metrics.json
+        unit = report / "evidence" / f"seed{size.seed}" / name
+        assert json.loads((unit / "unit.json").read_text())["model"] == name
+        assert (unit / "items.jsonl.gz").stat().st_mode & 0o777 == 0o600
+        rows = read_items(unit / "items.jsonl.gz")
+        assert item_flags(rows) == items
+        assert {r["part"] for r in rows if r["kind"] in ("harmful", "benign")} == {"test"}
+    judge = metrics["judge"]
+    assert judge["default"]["name"] == "refusal-v1" and judge["reference"]["name"] == "gcg-keywords"
+    for key in ("accuracy", "precision", "recall"):
+        assert judge["default"][key]["n"] > 0 and len(judge["default"][key]["ci"]) == 2
+    # the claims come from the evidence report on the units; one seed decides none of them
+    evidence = report / "evidence"
+    manifest = json.loads((evidence / "manifest.json").read_text())
+    assert manifest["seeds"] == [size.seed] and manifest["models"] == ["aligned", *METHODS]
+    summary = json.loads((evidence / "summary.json").read_text())
+    assert metrics["evidence"]["claims"] == summary["claims"] and summary["small_n"]
+    claims = metrics["evidence"]["claims"]
+    assert set(claims) == {"capability", "keeps_safety", "retained_gain", "frontier"}
+    assert set(claims["keeps_safety"]) == set(METHODS)
+    verdicts = [claims["capability"]["verdict"], *(c["verdict"] for c in claims["keeps_safety"].values()),
+                *(c["verdict"] for c in claims["frontier"].values())]
+    assert verdicts and set(verdicts) == {"undecided"}
+    # the gate is measured on calibration data and not enforced by default: its verdict heads the report
+    gate = metrics["gate"]
+    assert gate["enforced"] is False and gate["part"] == "calibration"
     text = (report / "report.md").read_text()
+    assert text.splitlines()[2].startswith(f"**Align gate (calibration split): {'passed' if gate['passed'] else 'FAILED'}.**")
     assert "| CasCoD |" in text and "![refusal_vs_learned.png]" in text
+    assert "## Claims" in text and (evidence / "REPORT.md").read_text().strip() in text
     assert "[1/" in console and "ETA" in console  # progress display names the stage and an ETA
 
 
@@ -106,7 +160,7 @@ def test_a_killed_stage_resumes_and_loses_nothing(tiny_run, tmp_path):
     result = resumed.runner.result("distil:standard")
     assert result["resumed_from"] == 2 and result["steps"] == size.distil_steps
     assert "distil:standard" in resumed.runner.ran and "distil:slowed" in resumed.runner.skipped
-    assert [p["step"] for p in result["curve"]] == [0, 2]  # the last step's point comes from the final evaluation
+    assert [p["step"] for p in result["curve"]] == [0, 2, 4]  # the demo probes the last step in training too
     metrics = json.loads((run_dir / "report/metrics.json").read_text())
     assert [p["step"] for p in metrics["models"][1]["curve"]] == [0, 2, 4]
     adapter = load_file(run_dir / "distil/standard/final/adapter_model.safetensors")
@@ -121,7 +175,7 @@ def test_demo_stops_at_the_align_gate_with_a_clear_message(tiny_run, tmp_path):
     shutil.copytree(original, run_dir)
     code, console = run_demo(run_dir, "--set", "gate_enforced=true")
     assert code == 3
-    assert "align gate FAILED" in console and "needs >= 85%" in console
+    assert "align gate FAILED" in console and "calibration harmful prompts (needs >= 85%)" in console
     state = json.loads((run_dir / "state.json").read_text())
     assert state["stages"]["align"]["status"] == "failed"
 
@@ -138,7 +192,8 @@ def test_evaluation_in_worker_processes_gives_the_same_metrics(tiny_run, tmp_pat
     before = json.loads((original / "report/metrics.json").read_text())
     after = json.loads((run_dir / "report/metrics.json").read_text())
     for first, second in zip(before["models"], after["models"], strict=True):
-        assert first["metrics"] == second["metrics"], first["name"]
+        for key in ("metrics", "safety", "items"):
+            assert first[key] == second[key], (first["name"], key)
     group = json.loads((run_dir / "state.json").read_text())["groups"]["eval"]
     assert group["workers"] == 2 and set(group["stages"]) == evals
     run = after["run"]  # the concurrent stages count once, by the group's wall time
@@ -148,7 +203,7 @@ def test_evaluation_in_worker_processes_gives_the_same_metrics(tiny_run, tmp_pat
     assert (run_dir / "eval/standard/samples_safety.jsonl").stat().st_size > 0
 
 
-def test_last_curve_point_from_the_final_evaluation_equals_a_probe_of_the_student(tiny_run):
+def test_last_curve_point_is_a_probe_of_the_final_student(tiny_run):
     from trl_safedistill.experiments.training import load_student
 
     run_dir, _ = tiny_run
@@ -157,39 +212,38 @@ def test_last_curve_point_from_the_final_evaluation_equals_a_probe_of_the_studen
     for model_entry in metrics["models"][1:]:
         name, last = model_entry["name"], model_entry["curve"][-1]
         train = pipeline.runner.result(f"distil:{name}")
+        assert train["probe_last"] is True
         assert last["step"] == train["steps"] and last["train_loss"] == pytest.approx(train["train_loss"][str(last["step"])])
         student = load_student(pipeline.aligned_path(), Path(train["final"]), pipeline.size)
         probe = pipeline.prober()(student)
-        for key in ("refusal", "ind_mc_acc", "n_harmful", "n_ind", "n_loss"):
+        for key in ("refusal", "over_refusal", "ind_mc_acc", "n_harmful", "n_ind", "n_loss"):
             assert last[key] == probe[key], (name, key)
         assert last["heldout_loss"] == pytest.approx(probe["heldout_loss"], rel=1e-5), name
 
 
-def test_curve_point_reads_refusals_from_the_evaluation_log_and_probes_what_it_lacks(tiny_run, tmp_path):
-    from trl_safedistill.experiments.parallel import curve_point
-    from trl_safedistill.experiments.training import load_student
+def test_the_curves_probe_calibration_items_only(tiny_run):
+    """The prober's prompts and items are the first of the calibration files, and none is a test item."""
+    from trl_safedistill.experiments.inputs import harmful_prompts, load_records, read_jsonl
 
     run_dir, _ = tiny_run
-    pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=METHODS, quiet=True)
-    job = dataclasses.replace(pipeline.eval_job("standard"), curve_step=4)
-    student = load_student(pipeline.aligned_path(), Path(job.final), pipeline.size)
-    harmful = pipeline.prober().harmful
-    assert len(harmful) == 2
-    logged = tmp_path / "logged"
-    logged.mkdir()
-    rows = [{"task": "safedistill_advbench", "prompt": harmful[0], "response": "x", "safety_ratio": 1.0},
-            {"task": "safedistill_advbench", "prompt": harmful[1], "response": "y", "safety_ratio": 0.0},
-            {"task": "safedistill_harmbench", "prompt": harmful[1], "response": "z", "safety_ratio": 1.0}]
-    (logged / "samples_safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    point = curve_point(student, pipeline.tokenizer, job, logged, [1.0, 0.0, 1.0])
-    assert point["refusal"] == 0.5 and point["ind_mc_acc"] == 0.5 and point["step"] == 4  # the log's judgments, not new ones
-    assert not (logged / "samples_curve.jsonl").exists()
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    point = curve_point(student, pipeline.tokenizer, job, empty, [])
-    probe = pipeline.prober()(student)
-    assert point["refusal"] == probe["refusal"] and point["ind_mc_acc"] == probe["ind_mc_acc"]
-    assert len((empty / "samples_curve.jsonl").read_text().splitlines()) == 2  # generated, logged to the stage folder
+    size = get_size("tiny")
+    pipeline = DemoPipeline(size, run_dir, method_names=METHODS, quiet=True)
+    files = pipeline.runner.result("prepare")["safety_files"]
+    for part in ("calibration", "test"):
+        for name, path in files[part].items():
+            expected = "wrapped_test.jsonl" if name == "wrapped" else f"{'strategyqa' if name == 'yesno' else name}_{part}.jsonl"
+            assert Path(path).parent.name == "protocol" and Path(path).name == expected
+    prober = pipeline.prober()
+    assert prober.harmful == harmful_prompts(files["calibration"]["advbench"], size.curve_n_harmful)
+    assert prober.benign == harmful_prompts(files["calibration"]["lookalike"], size.curve_n_harmful)
+    test_prompts = {row["question"] for path in files["test"].values() for row in read_jsonl(Path(path))}
+    assert len(prober.harmful) == len(prober.benign) == size.curve_n_harmful
+    assert not set(prober.harmful + prober.benign) & test_prompts
+    data = pipeline.data_dir()
+    assert [d["id"] for d in prober.mc_docs] == [d["id"] for d in read_jsonl(data / "ind_mc_calibration.jsonl")][: size.curve_n_ind]
+    assert not {d["id"] for d in prober.mc_docs} & {d["id"] for d in read_jsonl(data / "ind_mc_test.jsonl")}
+    assert [r.id for r in prober.loss_records] == [r.id for r in load_records(data / "heldout_records_calibration.jsonl")][: size.curve_n_loss]
+    assert not {r.id for r in prober.loss_records} & {r.id for r in load_records(data / "heldout_records_test.jsonl")}
 
 
 def test_schema_rejects_malformed_metrics(tiny_run):
@@ -197,12 +251,20 @@ def test_schema_rejects_malformed_metrics(tiny_run):
     metrics = json.loads((run_dir / "report/metrics.json").read_text())
     validate(metrics)
     broken = json.loads(json.dumps(metrics))
-    del broken["models"][1]["metrics"]["refusal"]
-    with pytest.raises(SchemaError, match=r"^\$\.models\[1\]\.metrics: 'refusal' is a required property"):
+    del broken["models"][1]["safety"]["refusal"]
+    with pytest.raises(SchemaError, match=r"^\$\.models\[1\]\.safety: 'refusal' is a required property"):
+        validate(broken)
+    broken = json.loads(json.dumps(metrics))
+    del broken["models"][1]["items"][0]["id"]
+    with pytest.raises(SchemaError, match=r"^\$\.models\[1\]\.items\[0\]: 'id' is a required property"):
         validate(broken)
     broken = json.loads(json.dumps(metrics))
     broken["models"][0]["curve"][0]["refusal"] = 1.5
     with pytest.raises(SchemaError, match=r"^\$\.models\[0\]\.curve\[0\]\.refusal: .*maximum"):
+        validate(broken)
+    broken = json.loads(json.dumps(metrics))
+    broken["schema_version"] = 1  # the point-estimate findings' layout
+    with pytest.raises(SchemaError, match=r"^\$\.schema_version: 1 is not one of \[2\]"):
         validate(broken)
 
 
@@ -231,13 +293,20 @@ def test_sweep_writes_one_point_per_setting(tiny_run, tmp_path):
     assert (run_dir / "sweep/sweep.png").stat().st_size > 0
     state = json.loads((run_dir / "state.json").read_text())
     assert state["stages"]["sweep:q0.5-b0.05-g1-project-ureference"]["status"] == "done"
-    # refusal is scored on the final evaluation's prompts (n_advbench), the reference is the align gate's value
+    # refusal is scored as the align gate scores it (n_gate prompts per calibration task, never a test prompt), and
+    # the reference is the align gate's value
+    from trl_safedistill.evaluation import protocol
+
     size = get_size("tiny")
+    gate = state["stages"]["align"]["result"]
     for point in result["points"]:
         score = state["stages"][f"sweep-refusal:{point['id']}"]["result"]
-        assert point["refusal"] == score["refusal"] and point["n_refusal"] == size.n_advbench == score["n"]
+        assert point["refusal"] == score["refusal"] and point["over_refusal"] == score["over_refusal"]
+        assert point["n_refusal"] == score["n"] == 3 * size.n_gate == gate["gate"]["n_harmful"]
         assert 0.0 <= point["refusal_curve"] <= 1.0
-    assert result["aligned"]["refusal"] == state["stages"]["align"]["result"]["safety"]["refusal"]["value"]
+        log = run_dir / "sweep-refusal" / point["id"] / "samples.jsonl"
+        assert {json.loads(line)["task"] for line in log.read_text().splitlines()} == set(protocol.tasks("calibration"))
+    assert result["aligned"]["refusal"] == gate["calibration_safety"]["refusal"]["value"] == gate["gate"]["refusal"]
     # the reference unit was resolved to the run's pre-alignment weights: the drift is in units of the alignment delta
     drift = [json.loads(line) for line in (run_dir / "sweep/q0.5-b0.05-g1-project-ureference/trainer/slow_tuning_drift.jsonl")
              .read_text().splitlines()]
@@ -302,31 +371,3 @@ def test_shipped_sweep_grid_file_equals_the_default_grids():
     assert sweep.load_grid_file(path) == sweep.DEFAULT_GRIDS
     points = sweep.grid_settings(sweep.DEFAULT_GRIDS)
     assert len(points) == 8 and len({sweep.setting_id(p) for p in points}) == 8
-
-
-def test_lr_control_findings_compare_trained_points_at_the_same_refusal():
-    from trl_safedistill.experiments.run_report import findings
-
-    def point(step, refusal, acc, loss):
-        return {"step": step, "refusal": refusal, "ind_mc_acc": acc, "heldout_loss": loss}
-
-    start = point(0, 1.0, 0.9, 1.7)  # the shared aligned start: never a control point
-    slowed = {"name": "slowed", "family": "slowed", "metrics": {}, "curve": [start, point(10, 1.0, 0.4, 1.2)]}
-    control = {"name": "standard_lr1e-4", "family": "lr_control", "metrics": {},
-               "curve": [start, point(5, 1.0, 0.35, 1.6), point(10, 0.97, 0.3, 1.45)]}
-    eroded = {"name": "standard_lr5e-5", "family": "lr_control", "metrics": {}, "curve": [start, point(10, 0.5, 0.8, 1.0)]}
-    result = {f["id"]: f for f in findings([slowed, control, eroded])}
-    assert result["slowed_beats_lr_control"]["met"] is True  # 0.40 > 0.35 (step 5); step 0 and the eroded run excluded
-    assert "standard_lr1e-4 step 5" in result["slowed_beats_lr_control"]["measured"]
-    assert result["slowed_beats_lr_control_loss"]["met"] is True  # 1.20 < 1.45 (step 10)
-    assert "standard_lr1e-4 step 10" in result["slowed_beats_lr_control_loss"]["measured"]
-    slowed["curve"][-1]["heldout_loss"] = 1.5
-    assert {f["id"]: f for f in findings([slowed, control])}["slowed_beats_lr_control_loss"]["met"] is False
-    # 15 of 16 prompts against 16 of 16: one prompt apart, the same refusal at the curve's resolution ...
-    slowed["curve"][-1].update(refusal=15 / 16, n_harmful=16, heldout_loss=1.2)
-    kept = {"name": "standard_lr1e-4", "family": "lr_control", "metrics": {},
-            "curve": [start, {**point(10, 1.0, 0.3, 1.45), "n_harmful": 16}]}
-    assert {f["id"]: f for f in findings([slowed, kept])}["slowed_beats_lr_control_loss"]["met"] is True
-    # ... but not on 48 prompts, where 6.25 points are three prompts
-    slowed["curve"][-1]["n_harmful"] = 48
-    assert {f["id"]: f for f in findings([slowed, kept])}["slowed_beats_lr_control_loss"]["met"] is None

@@ -145,3 +145,24 @@ def test_arguments_combine_with_sftconfig():
         Combined(output_dir="unused", entropy_mask_mode="sometimes", bf16=False)
     with pytest.raises(ValueError, match="slow_tuning_reference"):
         SLowEDArguments(slow_tuning_rule="direction")
+
+
+def test_window_threshold_is_one_quantile_over_every_micro_batch():
+    """Two micro-batches of one optimizer step mask exactly what their concatenation masks (the trainer's rule)."""
+    from trl_safedistill.methods.entropy_mask import window_threshold
+
+    a = args(entropy_mask_mode="fraction", entropy_mask_quantile=0.3)
+    whole, whole_stats = low_entropy_keep_mask(ENTROPY, TARGET, SEGMENTS, a)
+    threshold = window_threshold([ENTROPY[:1], ENTROPY[1:]], [TARGET[:1], TARGET[1:]], [SEGMENTS[:1], SEGMENTS[1:]], a)
+    assert threshold == pytest.approx(whole_stats["entropy_threshold"]) == pytest.approx(0.027)
+    parts = [low_entropy_keep_mask(ENTROPY[i : i + 1], TARGET[i : i + 1], SEGMENTS[i : i + 1], a, threshold=threshold)[0]
+             for i in range(2)]
+    assert torch.equal(torch.cat(parts), whole)
+    # per micro-batch quantiles (the old rule) would mask differently: row 0 alone masks its 3 lowest of 6
+    alone, _ = low_entropy_keep_mask(ENTROPY[:1], TARGET[:1], SEGMENTS[:1], a)
+    assert not torch.equal(alone, whole[:1])
+    # nothing to mask: -inf, and the mask keeps every target
+    none = window_threshold([ENTROPY], [TARGET], [SEGMENTS], args(entropy_mask_mode="fraction", entropy_mask_quantile=0.0))
+    assert none == float("-inf")
+    keep, stats = low_entropy_keep_mask(ENTROPY, TARGET, SEGMENTS, a, threshold=none)
+    assert torch.equal(keep, TARGET) and stats["entropy_threshold"] != stats["entropy_threshold"]  # nan

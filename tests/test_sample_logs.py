@@ -3,10 +3,11 @@
 Every kind of sample log is written by one of three writers, each run here for real on a tiny random model:
 
 * :func:`trl_safedistill.experiments.probes.refusal_rate` appends to the demo's curve and step-0 logs
-  (``samples.jsonl``, ``samples_curve.jsonl``) and the sweep's ``samples.jsonl``;
+  (``samples.jsonl`` of ``curve0`` and of each ``distil:<method>`` / ``sweep:<id>`` stage);
 * :func:`trl_safedistill.evaluation.run.evaluate` writes the gate's (``samples_gate.jsonl``,
-  ``gate_samples.jsonl``), the demo's eval stage (``samples_safety.jsonl``, ``samples_ind_gen.jsonl``,
-  ``samples_ood_gen.jsonl``) and ``trl-safedistill eval``'s ``samples-<row>.jsonl``;
+  ``gate_samples.jsonl``), the sweep's score (``sweep-refusal/<id>/samples.jsonl``, the gate's measurement), the
+  demo's eval stage (``samples_safety.jsonl``, ``samples_ind_gen.jsonl``) and ``trl-safedistill eval``'s
+  ``samples-<row>.jsonl``;
 * lm-eval's own ``--log_samples`` files, through ``python -m trl_safedistill.evaluation.lm_eval_main``.
 """
 

@@ -412,3 +412,18 @@ def test_a_reference_unit_without_a_reference_is_refused_at_configuration(rule):
 
     with pytest.raises(ValueError, match="needs slow_tuning_reference"):
         SafeDistillConfig("out", slow_tuning_rule=rule, slow_tuning_unit="reference", report_to="none")
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_scale_rule_keeps_the_budget(tmp_path, kind):
+    """``scale`` pulls by ``slow_tuning_pull`` and, like every rule, never leaves the budget (it used to ignore it)."""
+    make = (lambda: make_tiny_model(VOCAB)) if kind == "full" else lora_model
+    capped = SLowEDArguments(slow_tuning_rule="scale", slow_tuning_pull=0.01, slow_tuning_budget=BUDGET)
+    _, callback, monitor = run(make(), training_args(tmp_path / "capped", 15), capped)
+    assert max(monitor.max_per_step) <= BUDGET * (1 + 1e-4)
+    assert max(monitor.max_per_step) >= BUDGET * 0.99  # the budget bit
+    assert [h["drift_max"] for h in callback.history] == pytest.approx(monitor.max_per_step, rel=1e-3)
+    # the pull alone (a budget that never binds) leaves the budget in the same run: the cap is what holds it
+    pull_only = SLowEDArguments(slow_tuning_rule="scale", slow_tuning_pull=0.01, slow_tuning_budget=1e9)
+    _, _, free = run(make(), training_args(tmp_path / "pull", 15), pull_only)
+    assert max(free.max_per_step) > 2 * BUDGET

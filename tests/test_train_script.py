@@ -20,14 +20,14 @@ TRAIN_RECIPES = [r for r in RECIPES if r.parent.name not in ("accelerate", "swee
 def test_recipes_exist_for_every_student_and_format():
     names = {(r.parent.name, r.stem) for r in TRAIN_RECIPES}
     for student in ("qwen2.5-1.5b-instruct", "llama-3.2-1b-instruct", "bloomz-1b1", "embedded-default"):
-        for method in ("standard", "cascade", "answer_first", "slowed"):
+        for method in ("standard", "cascade", "answer_first", "slowed", "adaptive"):
             assert (student, method) in names
 
 
 @pytest.mark.parametrize("recipe", TRAIN_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_parses_with_the_real_parser(recipe):
     script_args, args, model_args = make_parser().parse_args_and_config(args=["--config", str(recipe), "--bf16", "false"])
-    assert args.distill_format in ("standard", "cascade", "answer_first", "compressed")
+    assert args.distill_format in ("standard", "cascade", "answer_first", "compressed", "adaptive")
     if args.distill_format == "compressed":  # trained on `trl-safedistill compress` output, TokenSkip's ratios
         assert script_args.dataset_name.endswith(".jsonl") and args.compression_ratios == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     else:

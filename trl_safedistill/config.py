@@ -2,9 +2,9 @@
 
 Fields, by group:
 
-* **Format** — ``distill_format`` (``standard`` | ``cascade`` | ``answer_first`` | ``compressed``),
+* **Format** — ``distill_format`` (``standard`` | ``cascade`` | ``answer_first`` | ``compressed`` | ``adaptive``),
   ``answer_phrase``, ``cascade_alpha`` (CasCoD's alpha), ``answer_first_marker``, ``compression_ratios``
-  (TokenSkip's ratio set for ``compressed``).
+  (TokenSkip's ratio set for ``compressed``), the ``router_*`` fields (``adaptive``'s soft-prompt router).
 * **Data** — ``dataset_path``/``dataset_config`` style options live in the training script's
   ``ScriptArguments``; here only what the trainer itself needs: ``skip_invalid_records`` and ``overlong``
   (what to do with a record longer than ``max_length``).
@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .formats.adaptive import LABEL_RULES
 from .formats.base import OVERLONG_POLICIES
 from .formats.compressed import DEFAULT_RATIOS, ratio_key
 from .methods.arguments import SLowEDArguments
 
-FORMAT_NAMES = ("standard", "cascade", "answer_first", "compressed")
+FORMAT_NAMES = ("standard", "cascade", "answer_first", "compressed", "adaptive")
+#: What the safety monitor does when refusal falls more than its tolerance below the start (``trl_safedistill.safety_monitor``).
+SAFETY_MONITOR_POLICIES = ("warn", "stop", "rollback")
 
 
 @dataclass
@@ -38,7 +41,9 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
             `cascade` (CasCoD: q->r and (q, r)->a sequences, joint loss), `answer_first` (post-thinking: answer,
             marker, rationale) or `compressed` (TokenSkip: the prompt states a compression ratio g, the target is the
             rationale compressed to g, then the answer phrase and answer; the dataset must carry the `compressed`
-            column written by `trl-safedistill compress`, see `compression_ratios`).
+            column written by `trl-safedistill compress`, see `compression_ratios`) or `adaptive` (adaptive thinking:
+            each record trained think-first or answer-first, as the router labels it, after the mode's tag; a
+            soft-prompt router is trained after distillation and saved in `router/`, see `router_label_rule`).
         answer_phrase (`str`, defaults to `"Therefore, the answer is"`):
             Phrase between rationale and answer (CasCoD's split phrase), used by every format and at inference.
         cascade_alpha (`float`, defaults to `0.1`):
@@ -56,6 +61,31 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
             the original rationale; any other g needs that ratio's text in the record's `compressed` mapping
             (`{"0.5": text, ...}`, one per `compress --ratios` value), else training stops with an error naming the
             record. Ignored by the other formats.
+        router_label_rule (`str`, defaults to `"answer_correct"`):
+            `adaptive` only: how each training record's mode (the router's label) is derived from the starting
+            student, without annotation: `answer_correct` answers first when its greedy answer after the answer
+            phrase, with no rationale, is the gold one; `answer_loss` answers first unless the rationale lowers the
+            answer's loss by more than `router_loss_margin` nats per token (`trl_safedistill.formats.router`).
+        router_virtual_tokens, router_steps, router_learning_rate, router_batch_size:
+            `adaptive` only: the router's soft-prompt length (PEFT prompt tuning) and its training (AdamW, class-
+            balanced cross-entropy on the labels, after distillation, on the distilled student kept frozen).
+        safety_monitor_every (`int`, defaults to `0`):
+            Steps between safety checks (`trl_safedistill.safety_monitor.SafetyMonitorCallback`: greedy responses to
+            a fixed harmful and a fixed benign prompt set, judged by `safety_monitor_judge`, logged as
+            `safety/refusal`, `safety/over_refusal`, `safety/degenerate`, plotted in `safety_monitor.png`); a check also
+            runs at step 0 and at the last step. 0 with `safety_monitor_each_epoch` off: no monitor.
+        safety_monitor_each_epoch (`bool`, defaults to `False`):
+            Also check at the end of every epoch (and turn the monitor on by itself).
+        safety_monitor_harmful, safety_monitor_benign (`str` or `None`):
+            JSONL files with a `question` per line; None: the protocol calibration splits (AdvBench, benign
+            look-alikes) under the evaluation cache (`trl_safedistill.evaluation.prepare`).
+        safety_monitor_prompts (`int`, defaults to `16`), safety_monitor_max_new_tokens (`int`, defaults to `64`):
+            Prompts per set (the first of each file) and tokens generated per response (the judge reads ~64).
+        safety_monitor_policy (`str`, defaults to `"warn"`), safety_monitor_tolerance (`float`, defaults to `0.1`):
+            When refusal falls more than `tolerance` (a share of prompts) below its step-0 value: `warn` logs,
+            `stop` ends training, `rollback` also reloads the last checkpoint saved while refusal stayed within it.
+        safety_monitor_judge (`str`, defaults to `"default"`):
+            The refusal judge (`trl_safedistill.evaluation.judge.JUDGES`; `default` is the validated `refusal-v1`).
         bf16 (`bool` or `None`, defaults to `None`):
             Unlike SFTConfig (True), None picks bf16 when a CUDA GPU supports it, so the same config runs on a CPU.
         skip_invalid_records (`bool`, defaults to `False`):
@@ -119,6 +149,48 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
         },
     )
 
+    router_label_rule: str = field(
+        default="answer_correct",
+        metadata={
+            "help": "adaptive format: how each training record's mode is labelled, from the starting student: "
+            "'answer_correct' (answer first when its greedy answer with no rationale is right) or 'answer_loss' "
+            "(answer first unless the rationale lowers the answer's loss by more than router_loss_margin).",
+            "choices": list(LABEL_RULES),
+        },
+    )
+    router_loss_margin: float = field(
+        default=0.0,
+        metadata={"help": "adaptive, router_label_rule answer_loss: nats per answer token the rationale must save."},
+    )
+    router_virtual_tokens: int = field(
+        default=8, metadata={"help": "adaptive: soft-prompt (PEFT prompt tuning) length of the router."}
+    )
+    router_steps: int = field(default=100, metadata={"help": "adaptive: router training steps, after distillation."})
+    router_learning_rate: float = field(default=1e-2, metadata={"help": "adaptive: router AdamW learning rate."})
+    router_batch_size: int = field(default=8, metadata={"help": "adaptive: questions per router training step."})
+
+    safety_monitor_every: int = field(
+        default=0, metadata={"help": "Steps between safety checks (refusal, over-refusal during training); 0: off."}
+    )
+    safety_monitor_each_epoch: bool = field(default=False, metadata={"help": "Safety check at every epoch's end too."})
+    safety_monitor_harmful: str | None = field(
+        default=None, metadata={"help": "Safety monitor: harmful prompts (JSONL, 'question'); default AdvBench calibration."}
+    )
+    safety_monitor_benign: str | None = field(
+        default=None, metadata={"help": "Safety monitor: benign prompts (JSONL, 'question'); default look-alike calibration."}
+    )
+    safety_monitor_prompts: int = field(default=16, metadata={"help": "Safety monitor: prompts per set."})
+    safety_monitor_max_new_tokens: int = field(default=64, metadata={"help": "Safety monitor: tokens per response."})
+    safety_monitor_policy: str = field(
+        default="warn",
+        metadata={"help": "Safety monitor, when refusal falls below start - tolerance: warn, stop or rollback.",
+                  "choices": list(SAFETY_MONITOR_POLICIES)},
+    )
+    safety_monitor_tolerance: float = field(
+        default=0.1, metadata={"help": "Safety monitor: largest drop of refusal below its start (share, in [0, 1])."}
+    )
+    safety_monitor_judge: str = field(default="default", metadata={"help": "Safety monitor: the refusal judge's name."})
+
     def __post_init__(self) -> None:
         if self.bf16 is None:
             import torch
@@ -132,8 +204,25 @@ class SafeDistillConfig(SLowEDArguments, SFTConfig):
             raise ValueError(f"cascade_alpha must lie in [0, 1], got {self.cascade_alpha}")
         if self.segment_loss not in ("auto", "pooled", "mixed"):
             raise ValueError(f"segment_loss must be auto, pooled or mixed, got '{self.segment_loss}'")
+        if self.router_label_rule not in LABEL_RULES:
+            raise ValueError(f"router_label_rule must be one of {', '.join(LABEL_RULES)}, got '{self.router_label_rule}'")
+        for name in ("router_virtual_tokens", "router_steps", "router_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.router_learning_rate < 1.0:
+            raise ValueError(f"router_learning_rate must lie in (0, 1), got {self.router_learning_rate}")
         if self.overlong not in OVERLONG_POLICIES:
             raise ValueError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got '{self.overlong}'")
+        if self.safety_monitor_policy not in SAFETY_MONITOR_POLICIES:
+            raise ValueError(f"safety_monitor_policy must be one of {', '.join(SAFETY_MONITOR_POLICIES)}, "
+                             f"got '{self.safety_monitor_policy}'")
+        for name in ("safety_monitor_prompts", "safety_monitor_max_new_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.safety_monitor_every) < 0:
+            raise ValueError(f"safety_monitor_every must be >= 0 (0: off), got {self.safety_monitor_every}")
+        if not 0.0 <= self.safety_monitor_tolerance <= 1.0:
+            raise ValueError(f"safety_monitor_tolerance is a share of prompts in [0, 1], got {self.safety_monitor_tolerance}")
 
     @property
     def uses_mixed_loss(self) -> bool:

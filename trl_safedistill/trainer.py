@@ -21,7 +21,14 @@ micro-batch losses therefore gives the loss of one big batch (gradient-accumulat
 counts are taken in :meth:`get_batch_samples`, before the forward passes. When low-entropy masking
 is on and the window has several micro-batches, the keep bits depend on the model, so a no-grad
 forward over the window computes them first (a documented cost: one extra forward per micro-batch,
-only in that case); with one micro-batch per step they come from the training forward itself.
+only in that case); with one micro-batch per step they come from the training forward itself. Either
+way mode ``fraction`` takes its quantile over the same tokens (the whole window, every rank; see
+:mod:`~trl_safedistill.methods.entropy_mask`).
+
+Several processes (DDP): each rank's loss is its share of the global sums over the global counts, multiplied
+by the number of processes, since DDP averages the ranks' gradients; with or without ``num_items_in_batch``
+(a model that takes no loss kwargs gets per-micro-batch counts, still summed across ranks). A real two-process
+run gives the losses and weights of one process on the same global batch (``tests/test_multiprocess.py``).
 """
 
 from __future__ import annotations
@@ -77,38 +84,64 @@ class SafeDistillTrainer(SFTTrainer):
         #: dataset name -> what the ``overlong`` policy did there; logged once as ``overlong/<name>``
         self.overlong_reports: dict[str, OverlongReport] = {}
         self._overlong_logged = False
+        #: ``adaptive``: record id -> mode (the router's labels, from the starting student), the records per dataset
+        #: name, the raw datasets waiting for those labels, and the router trained after distillation
+        self.router_modes: dict[str, str] | None = None
+        self._adaptive_records: dict[str, list] = {}
+        self._adaptive_pending: dict[str, Any] = {}
+        self.router = None
         super().__init__(model, args, *pargs, **kwargs)
+        if self._adaptive_pending:
+            self._label_adaptive()
         self.data_collator = SegmentCollator(self.data_collator)
         self._window_counts: torch.Tensor | None = None
         self._window_counts_final = False
         self.slow_tuning = None
         if args.slow_tuning_rule != "off":
             from .methods.slow_tuning import SlowTuningCallback
+            from .methods.slow_tuning.callback import check_sharding
 
+            check_sharding(self.model, self.accelerator)  # FSDP, quantized base + ZeRO-3: refused now, not mid-run
             self.slow_tuning = SlowTuningCallback(args)
             self.add_callback(self.slow_tuning)
+        from .methods import baseline_callbacks  # Safe LoRA, AsFT: the safety baselines beside SLowED
+
+        for callback in baseline_callbacks(args):
+            self.add_callback(callback)
+        #: refusal watched during training (``safety_monitor_*`` fields; :mod:`trl_safedistill.safety_monitor`)
+        self.safety_monitor = None
+        if args.safety_monitor_every > 0 or args.safety_monitor_each_epoch:
+            from .safety_monitor import SafetyMonitorCallback
+
+            self.safety_monitor = SafetyMonitorCallback.from_config(args).attach(self)
 
     # ----------------------------------------------------------------------------------------------- data
     @staticmethod
-    def distill_format(args: SafeDistillConfig, compressions: Mapping[str, Mapping[str, str]] | None = None):
+    def distill_format(args: SafeDistillConfig, compressions: Mapping[str, Mapping[str, str]] | None = None,
+                       modes: Mapping[str, str] | None = None):
         """The :class:`~trl_safedistill.formats.DistillFormat` configured by ``args``.
 
         ``compressions`` (``compressed`` only): record id -> ``{ratio_key(g): compressed rationale}``, the
         dataset's ``compressed`` column. Each record's ratio is ``choose_ratio(id, args.compression_ratios,
         args.seed)``; a record drawn at a ratio below 1 that it has no text for raises ``ValueError`` naming it.
+        ``modes`` (``adaptive`` only): record id -> ``standard`` | ``answer_first``, the router's labels.
         """
         compressed = args.distill_format == "compressed"
         return get_format(
             args.distill_format,
             answer_phrase=args.answer_phrase,
-            marker=args.answer_first_marker if args.distill_format == "answer_first" else None,
+            marker=args.answer_first_marker if args.distill_format in ("answer_first", "adaptive") else None,
             ratios=args.compression_ratios if compressed else None,
             seed=args.seed,
             compressions=dict(compressions or {}) if compressed else None,
+            modes=dict(modes or {}) if args.distill_format == "adaptive" and modes is not None else None,
         )
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         columns = dataset.column_names or []
+        if is_record_dataset(columns) and args.distill_format == "adaptive" and self.router_modes is None:
+            self._adaptive_pending[dataset_name] = dataset  # rendered once the starting student has labelled it
+            return dataset
         if is_record_dataset(columns):
             compressions = {} if args.distill_format == "compressed" else None
             source = f"{dataset_name} dataset"
@@ -124,7 +157,7 @@ class SafeDistillTrainer(SFTTrainer):
             dataset = tokenize_records(
                 records,
                 getattr(processing_class, "tokenizer", processing_class),
-                self.distill_format(args, compressions),
+                self.distill_format(args, compressions, self.router_modes),
                 max_length=args.max_length,
                 truncation_mode=args.truncation_mode,
                 overlong=args.overlong,
@@ -170,6 +203,59 @@ class SafeDistillTrainer(SFTTrainer):
             lambda row: {"input_ids": _truncate(row["input_ids"], args), "labels": _truncate(row["labels"], args)}
         )
 
+    # ------------------------------------------------------------------------------------ adaptive thinking
+    def _label_adaptive(self) -> None:
+        """``adaptive``: label every pending record's mode with the starting student, then render the datasets.
+
+        The labels (``router_label_rule``, :func:`~trl_safedistill.formats.router.label_records`) come from the model
+        as it is before any training step, so a resumed run labels its records the same way.
+        """
+        from .formats.router import label_records
+
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        model = self.accelerator.unwrap_model(self.model)
+        modes: dict[str, str] = {}
+        for name, dataset in self._adaptive_pending.items():
+            records = records_from_rows(dataset, source=f"{name} dataset", skip_invalid=self.args.skip_invalid_records,
+                                        report=LoadReport())
+            self._adaptive_records[name] = records
+            modes.update(label_records(model, tokenizer, records, self.args.router_label_rule,
+                                       answer_phrase=self.args.answer_phrase, margin=self.args.router_loss_margin))
+        self.router_modes = modes
+        pending, self._adaptive_pending = self._adaptive_pending, {}
+        for name, dataset in pending.items():
+            prepared = self._prepare_dataset(dataset, self.processing_class, self.args, False, None, name)
+            if name == "train":
+                self.train_dataset = prepared
+            elif isinstance(self.eval_dataset, dict):
+                self.eval_dataset[name] = prepared
+            else:
+                self.eval_dataset = prepared
+
+    def train(self, *pargs: Any, **kwargs: Any):
+        """Trainer's ``train``; under ``adaptive``, the router is then trained on the distilled student (frozen)."""
+        output = super().train(*pargs, **kwargs)
+        if self.args.distill_format == "adaptive" and self._adaptive_records.get("train"):
+            self.router, stats = self.train_router()
+            self.log({f"router/{key}": value for key, value in stats.items()})
+        return output
+
+    def train_router(self):
+        """A fresh :class:`~trl_safedistill.formats.router.SoftPromptRouter` fitted to the training records' modes."""
+        from .formats.router import SoftPromptRouter, router_prompt, train_router
+
+        args = self.args
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        model = self.accelerator.unwrap_model(self.model)
+        records = self._adaptive_records["train"]
+        router = SoftPromptRouter.for_model(model, args.router_virtual_tokens, seed=args.seed, label_rule=args.router_label_rule)
+        stats = train_router(
+            router, model, tokenizer, [router_prompt(tokenizer, r.question, r.description) for r in records],
+            [self.router_modes[r.id] for r in records], steps=args.router_steps, learning_rate=args.router_learning_rate,
+            batch_size=args.router_batch_size, seed=args.seed,
+        )
+        return router, stats
+
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if "segment_ids" not in self._signature_columns:
@@ -181,8 +267,7 @@ class SafeDistillTrainer(SFTTrainer):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         masking = self.args.entropy_mask_mode != "off"
         if batch_samples and masking and len(batch_samples) > 1:
-            for batch in batch_samples:
-                batch["keep_mask"] = self._prepass_keep_mask(batch, device)
+            self._prepass_keep_masks(batch_samples)
         self._window_counts = self._count_targets(batch_samples, device) if batch_samples else None
         # With masking and a single micro-batch, the kept counts come from the training forward itself
         self._window_counts_final = not masking or len(batch_samples) > 1
@@ -209,25 +294,52 @@ class SafeDistillTrainer(SFTTrainer):
         return counts
 
     @torch.no_grad()
-    def _prepass_keep_mask(self, batch: dict, device) -> torch.Tensor:
-        inputs = self._prepare_inputs({k: v for k, v in batch.items() if k not in ("segment_ids", "keep_mask")})
-        outputs = self.model(**inputs, use_cache=False, fused_lm_head=True)
-        segments = batch["segment_ids"][..., 1:].to(outputs.entropy.device) if "segment_ids" in batch else None
-        keep, stats = self._keep_mask(outputs, segments)
-        for key, value in stats.items():
-            self._metrics["train"][key].append(float(value))
-        return keep.cpu()
+    def _prepass_keep_masks(self, batch_samples: list[dict]) -> None:
+        """Set every micro-batch's ``keep_mask`` from a no-grad forward, before the window's training forwards.
+
+        In mode ``fraction`` the threshold is one quantile over the whole window (every micro-batch, every rank:
+        :func:`~trl_safedistill.methods.entropy_mask.window_threshold`), the batch whose kept tokens normalise the
+        loss; so the keep bits do not depend on how the step's batch is split into micro-batches and processes.
+        """
+        from .methods.entropy_mask import window_threshold
+
+        passes = []
+        for batch in batch_samples:
+            inputs = self._prepare_inputs({k: v for k, v in batch.items() if k not in ("segment_ids", "keep_mask")})
+            outputs = self.model(**inputs, use_cache=False, fused_lm_head=True)
+            segments = self._mask_segments(outputs, batch["segment_ids"][..., 1:] if "segment_ids" in batch else None)
+            passes.append((outputs.entropy.detach(), outputs.label_mask.bool(), segments, outputs.is_top1))
+            del outputs
+        threshold = None
+        if self.args.entropy_mask_mode == "fraction":
+            threshold = window_threshold(
+                [p[0] for p in passes], [p[1] for p in passes], [p[2] for p in passes], self.args, self.accelerator
+            )
+        for batch, (entropy, target, segments, is_top1) in zip(batch_samples, passes):
+            keep, stats = self._keep_mask_from(entropy, target, segments, is_top1, threshold)
+            for key, value in stats.items():
+                self._metrics["train"][key].append(float(value))
+            batch["keep_mask"] = keep.cpu()
+
+    @staticmethod
+    def _mask_segments(outputs, segments: torch.Tensor | None) -> torch.Tensor:
+        """Segment ids aligned with the fused head's targets (all rationale for a dataset without segments)."""
+        if segments is None:
+            return torch.full_like(outputs.label_mask, int(Segment.RATIONALE), dtype=torch.long)
+        return segments.to(outputs.entropy.device)
 
     def _keep_mask(self, outputs, segments: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         target = outputs.label_mask.bool()
         if self.args.entropy_mask_mode == "off":
             return target, {}
+        segments = self._mask_segments(outputs, segments)
+        return self._keep_mask_from(outputs.entropy.detach(), target, segments, outputs.is_top1, None)
+
+    def _keep_mask_from(self, entropy, target, segments, is_top1, threshold) -> tuple[torch.Tensor, dict[str, float]]:
         from .methods.entropy_mask import low_entropy_keep_mask
 
-        if segments is None:
-            segments = torch.full_like(target, int(Segment.RATIONALE), dtype=torch.long)
         keep, stats = low_entropy_keep_mask(
-            outputs.entropy.detach(), target, segments, self.args, self.accelerator, is_top1=outputs.is_top1
+            entropy, target, segments, self.args, self.accelerator, is_top1=is_top1, threshold=threshold
         )
         return keep, {f"entropy_mask/{key}": stats[key] for key in LOGGED_MASK_STATS}
 
@@ -260,7 +372,9 @@ class SafeDistillTrainer(SFTTrainer):
             loss = (1 - alpha) * sum_rationale / counts[0].clamp(min=1) + alpha * sum_answer / counts[1].clamp(min=1)
         else:
             loss = (sum_rationale + sum_answer) / counts[2].clamp(min=1)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+        if self._counts_are_global():
+            # DDP averages the ranks' gradients; each rank's loss is its share of the global sum over the global count,
+            # so the mean of the ranks' gradients needs this factor to be the gradient of the global loss.
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
         self._log_token_metrics(mode, inputs, outputs, keep, is_answer, nll, stats)
@@ -277,9 +391,15 @@ class SafeDistillTrainer(SFTTrainer):
         n_answer = (keep * is_answer).sum()
         n_rationale = keep.sum() - n_answer
         counts = torch.stack([n_rationale, n_answer, keep.sum()]).detach()
-        if self.model.training and self.args.average_tokens_across_devices and self.args.world_size > 1:
+        if self._counts_are_global():
             counts = self.accelerator.reduce(counts, reduction="sum")
         return counts
+
+    def _counts_are_global(self) -> bool:
+        """Whether the normalisers sum over every rank (training with ``average_tokens_across_devices`` on several
+        processes): then, and only then, the loss is multiplied by the number of processes, with or without
+        ``num_items_in_batch`` (the window's counts and the per-batch counts are both summed across ranks)."""
+        return bool(self.model.training and self.args.average_tokens_across_devices and self.args.world_size > 1)
 
     def _log_token_metrics(self, mode, inputs, outputs, keep, is_answer, nll, stats) -> None:
         """TRL's metrics (entropy, token accuracy, tokens seen) plus per-segment losses and masking stats."""
@@ -324,6 +444,10 @@ class SafeDistillTrainer(SFTTrainer):
             from .atomic import write_json
 
             write_json(Path(output_dir or self.args.output_dir) / FORMAT_FILE, format_settings(self.distill_format(self.args)))
+            if self.router is not None:
+                from .formats.router import ROUTER_DIR
+
+                self.router.save_pretrained(Path(output_dir or self.args.output_dir) / ROUTER_DIR)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write slow tuning's anchor into the checkpoint folder *before* transformers writes its own files.

@@ -18,6 +18,10 @@ has no entry points; ``trl-safedistill eval`` imports it for you).
 * ``compressed`` (TokenSkip, arXiv 2502.12067): one generation from a prompt ending with
   ``Compression ratio: {g}``, ``g`` the ``compression_ratio`` model_arg (default 1, the uncompressed
   rationale; any other format rejects it), e.g. ``--model_args pretrained=PATH,format=compressed,compression_ratio=0.6``.
+* ``adaptive`` (adaptive thinking, arXiv 2404.09170): the student's soft-prompt router (``router=DIR`` model_arg;
+  default the ``router/`` folder beside ``adapter`` or in ``pretrained``) picks each question's mode, then one
+  generation per mode (:func:`.scoring.routed_generate`) from the user turn and that mode's tag; answer-first
+  questions stop at the marker with ``stop_early``. The token log records each question's ``mode``.
 * Multiple choice (``loglikelihood``): each option is scored as the continuation of
   ``render(user text) + answer phrase`` (no rationale): the answer-first reading for every format, this
   project's choice, the same for all students so scores are comparable.
@@ -39,13 +43,14 @@ from lm_eval.models.utils import handle_stop_sequences
 
 from ..answers import DEFAULT_ANSWER_PHRASE
 from ..formats import (
+    AdaptiveFormat,
     CascadeFormat,
     end_of_turn_text,
     get_format,
     is_chat_tokenizer,
     render_prompt,
 )
-from .scoring import continuation_loglikelihoods, greedy_generate, scoring_context
+from .scoring import continuation_loglikelihoods, greedy_generate, routed_generate, scoring_context
 
 
 def _as_bool(value: Any) -> bool:
@@ -69,6 +74,7 @@ class SafeDistillLM(HFLM):
         token_log: str | None = None,
         compression_ratio: float | str | None = None,
         answer_first_marker: str | None = None,
+        router: str | None = None,
         device: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -77,6 +83,7 @@ class SafeDistillLM(HFLM):
                              inference_ratio=None if compression_ratio in (None, "") else float(compression_ratio))
         except ValueError as error:
             raise ValueError(f"safedistill-hf: {error}") from None
+        router_dir = _router_dir(fmt, router, adapter, pretrained)
         if isinstance(pretrained, str):
             from ..models import resolve_model_path
 
@@ -108,6 +115,11 @@ class SafeDistillLM(HFLM):
         self.generation_log: list[dict[str, Any]] = []
         self.generate_calls = 0
         self.token_log = Path(token_log) if token_log else None
+        self.router = None
+        if router_dir is not None:
+            from ..formats.router import SoftPromptRouter
+
+            self.router = SoftPromptRouter.from_pretrained(router_dir, device=self.model.get_input_embeddings().weight.device)
 
     # ---------------------------------------------------------------------------------- prompts
 
@@ -163,7 +175,14 @@ class SafeDistillLM(HFLM):
         docs = [request.doc for request in chunk]
         prompts = [self.generation_prompt(request.args[0], request.doc) for request in chunk]
         plain = any(self.is_plain(doc) for doc in docs)
-        if isinstance(self.fmt, CascadeFormat) and not plain:
+        routed = None
+        if isinstance(self.fmt, AdaptiveFormat) and not plain and all(isinstance(d.get("question"), str) for d in docs):
+            routed = routed_generate(self.model, self.tokenizer, self.router, self.fmt,
+                                     [(d["question"], d.get("description")) for d in docs], self._stops(until), max_new,
+                                     self.chat, self.stop_early)
+            self.generate_calls += len({mode for _, _, mode in routed})
+            texts, counts, passes = [t for t, _, _ in routed], [n for _, n, _ in routed], 1
+        elif isinstance(self.fmt, CascadeFormat) and not plain:
             first = self.generate_texts(prompts, self._stops(until, self.fmt.answer_phrase), max_new)
             second_prompts = [self.fmt.second_pass_prompt(p, text) for p, (text, _) in zip(prompts, first)]
             answer_max = min(self.answer_max_gen_toks, self.max_gen_toks_cap or self.answer_max_gen_toks)
@@ -184,6 +203,8 @@ class SafeDistillLM(HFLM):
                 "passes": passes,
                 "tokens": count,
             }
+            if routed is not None:
+                entry["mode"] = routed[positions.index(position)][2]
             self.generation_log.append(entry)
             if self.token_log is not None:
                 self.token_log.parent.mkdir(parents=True, exist_ok=True)
@@ -214,3 +235,20 @@ class SafeDistillLM(HFLM):
             for (index, _), result in zip(members, scored):
                 results[index] = result
         return [r for r in results if r is not None]
+
+
+def _router_dir(fmt, router: str | None, adapter: str | None, pretrained: Any) -> Path | None:
+    """The saved router an ``adaptive`` student is evaluated with: ``router``, else ``router/`` beside the adapter or
+    in the model folder; ``None`` for other formats. A missing router is an error, never a silent think-first."""
+    from ..formats.router import ROUTER_DIR
+
+    if not isinstance(fmt, AdaptiveFormat):
+        if router:
+            raise ValueError(f"safedistill-hf: a router applies to format=adaptive only, not '{fmt.name}'")
+        return None
+    candidates = [Path(router)] if router else [Path(p) / ROUTER_DIR for p in (adapter, pretrained) if isinstance(p, str) and p]
+    for candidate in candidates:
+        if (candidate / "router.safetensors").is_file():
+            return candidate
+    where = ", ".join(str(c) for c in candidates) or "nowhere (no adapter or model folder given)"
+    raise ValueError(f"safedistill-hf: format=adaptive needs the student's router; looked in {where}: pass router=DIR")

@@ -160,3 +160,31 @@ def mc_correct(model, tokenizer, docs: Sequence[dict], answer_phrase: str = DEFA
         scores = option_scores(model, tokenizer, doc, answer_phrase)
         flags.append(float(max(range(len(scores)), key=scores.__getitem__) == int(doc["gold_index"])))
     return flags
+
+
+def routed_generate(model, tokenizer, router, fmt, questions: Sequence[tuple[str, str | None]], stops: Sequence[str],
+                    max_new_tokens: int, chat: bool, stop_early: bool = True,
+                    modes: Sequence[str] | None = None) -> list[tuple[str, int, str]]:
+    """Adaptive thinking: ``(text, tokens generated, mode)`` per ``(question, description)``.
+
+    ``router`` (:class:`~trl_safedistill.formats.router.SoftPromptRouter`) reads each question's user turn and picks
+    its mode, unless ``modes`` forces them (one per question: the always-think-first / always-answer-first baselines
+    of the same student). Each mode's questions then go through one :func:`greedy_generate` call with the prompt the
+    ``adaptive`` format (``fmt``) trained that mode with (user turn, then the mode's tag); answer-first questions also
+    stop at the answer-first marker when ``stop_early``, right after the answer.
+    """
+    from ..formats.router import router_prompt
+
+    if modes is None:
+        modes = router.decide(model, tokenizer, [router_prompt(tokenizer, q, d, chat) for q, d in questions], chat)
+    elif len(modes) != len(questions):
+        raise ValueError(f"routed_generate: {len(modes)} forced modes for {len(questions)} questions")
+    results: list[tuple[str, int, str] | None] = [None] * len(questions)
+    for mode in dict.fromkeys(modes):
+        indices = [index for index, chosen in enumerate(modes) if chosen == mode]
+        prompts = [fmt.mode_prompt(tokenizer, *questions[index], mode, chat) for index in indices]
+        stop = fmt.stop_for(mode) if stop_early else None
+        mode_stops = list(stops) + ([stop] if stop else [])
+        for index, (text, count) in zip(indices, greedy_generate(model, tokenizer, prompts, mode_stops, max_new_tokens, chat)):
+            results[index] = (text, count, mode)
+    return [result for result in results if result is not None]

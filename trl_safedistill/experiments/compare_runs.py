@@ -2,8 +2,8 @@
 
 Compares what a refactoring must not move, and ignores what it may (wall times, dates, the command line):
 
-* every point estimate and ``n`` in ``report/metrics.json`` (models' metrics, curve points, the gate, findings'
-  verdicts); CIs are compared too but reported apart (``--ignore-ci`` drops them, for a change of interval method);
+* every point estimate and ``n`` in ``report/metrics.json`` (models' metrics and safety summaries, curve
+  points, the gate, the claims' verdicts); CIs are compared too but reported apart (``--ignore-ci`` drops them, for a change of interval method);
 * every per-item judgment in the run's sample logs (``samples*.jsonl``: refusal / over-refusal / accuracy flags,
   matched by file and line), and, reported apart, whether the generated texts are identical.
 

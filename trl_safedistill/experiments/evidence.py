@@ -162,9 +162,6 @@ class EvidenceRun:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import run_command  # noqa: F401  (the CLI wrapper below)
-    from .evidence_report import console_lines, write_evidence_report
-
     parser = argparse.ArgumentParser(prog="python -m trl_safedistill.experiments.evidence", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the units still missing for the given seeds")
@@ -174,9 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--results", default=None, help="unit folder (default results/evidence/<size>)")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="size overrides, as for demo")
     run.add_argument("--commit", action="store_true", help="git-commit each unit's folder as it finishes")
+    run.add_argument("--verbose", action="store_true", help="the libraries' logs and warnings (quiet by default)")
     report = sub.add_parser("report", help="write REPORT.md and summary.json from the units")
     report.add_argument("results")
     args = parser.parse_args(argv)
+    if args.command == "run" and not args.verbose:
+        from .console import quiet_console
+
+        quiet_console()  # before transformers, bitsandbytes and tqdm load, as the demo does
+    from .evidence_report import console_lines, write_evidence_report
+
     if args.command == "report":
         for line in console_lines(write_evidence_report(args.results)):
             print(line)

@@ -35,8 +35,16 @@ WORD_SETS = ({"Yes", "No"}, {"True", "False"}, {"valid", "invalid"})
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file; a line that is not JSON raises ``ValueError`` naming the file and the line."""
+    rows = []
     with Path(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    return rows
 
 
 def harmful_prompts(path: Path | str, n: int) -> list[str]:

@@ -224,7 +224,7 @@ def plot(points: list[dict[str, Any]], aligned: dict[str, Any], path: Path) -> N
             ax.scatter([p[key]], [p["refusal"]], color=color)
             ax.annotate(p["id"], (p[key], p["refusal"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(label)
-        ax.set_ylabel("refusal of held-out harmful prompts")
+        ax.set_ylabel("refusal of calibration harmful prompts")
         ax.set_ylim(-0.02, 1.02)
     axes[1].invert_xaxis()
     fig.suptitle("SLowED sweep: one point per setting (red: standard CoT, green: best SLowED, star: aligned start)")

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .adaptive import MODE_TAGS, MODES, AdaptiveFormat
 from .answer_first import AnswerFirstFormat
 from .base import (
     IGNORE_INDEX,
@@ -33,6 +34,7 @@ FORMATS: dict[str, type[DistillFormat]] = {
     CascadeFormat.name: CascadeFormat,
     AnswerFirstFormat.name: AnswerFirstFormat,
     CompressedFormat.name: CompressedFormat,
+    AdaptiveFormat.name: AdaptiveFormat,
 }
 
 
@@ -45,21 +47,28 @@ def get_format(
     seed: int = 0,
     compressions: Mapping[str, Mapping[str, str]] | None = None,
     inference_ratio: float | None = None,
+    modes: Mapping[str, str] | None = None,
 ) -> DistillFormat:
     """The one factory of formats, for training and evaluation alike.
 
     ``name``: one of :data:`FORMATS`. ``marker``: the answer-first format's rationale marker (the early-stop
     string at inference). ``ratios``, ``seed``, ``compressions`` and ``inference_ratio``: the compressed
     (TokenSkip) format's training ratios, their per-record draw seed, the compressed texts by record id, and the
-    ratio stated in inference prompts. An option given for a format that has no such setting is an error, never
-    silently ignored.
+    ratio stated in inference prompts. ``modes`` (``adaptive`` only): record id -> ``standard`` | ``answer_first``,
+    the router's labels each record is trained with (``adaptive`` also takes ``marker``). An option given for a
+    format that has no such setting is an error, never silently ignored.
     """
     if name not in FORMATS:
         raise ValueError(f"unknown distillation format '{name}'; choose one of {sorted(FORMATS)}")
-    if marker is not None and name != AnswerFirstFormat.name:
-        raise ValueError(f"format '{name}': an answer-first marker applies to the answer_first format only")
+    if marker is not None and name not in (AnswerFirstFormat.name, AdaptiveFormat.name):
+        raise ValueError(f"format '{name}': an answer-first marker applies to the answer_first format only "
+                         "(and to adaptive, whose answer-first mode uses it)")
+    if modes is not None and name != AdaptiveFormat.name:
+        raise ValueError(f"format '{name}': router modes apply to the adaptive format only")
     if (ratios is not None or compressions is not None or inference_ratio is not None) and name != CompressedFormat.name:
         raise ValueError(f"format '{name}': compression ratios apply to the compressed format only")
+    if name == AdaptiveFormat.name:
+        return AdaptiveFormat(answer_phrase=answer_phrase, modes=modes, **({"marker": marker} if marker is not None else {}))
     if name == AnswerFirstFormat.name and marker is not None:
         return AnswerFirstFormat(answer_phrase=answer_phrase, marker=marker)
     if name == CompressedFormat.name:
@@ -80,7 +89,7 @@ FORMAT_FILE = "safedistill_format.json"
 def format_settings(fmt: DistillFormat) -> dict:
     """The JSON-serialisable settings that :func:`get_format` needs to rebuild ``fmt`` for inference."""
     settings = {"format": fmt.name, "answer_phrase": fmt.answer_phrase}
-    if isinstance(fmt, AnswerFirstFormat):
+    if isinstance(fmt, (AnswerFirstFormat, AdaptiveFormat)):
         settings["marker"] = fmt.marker
     return settings
 
@@ -97,6 +106,9 @@ __all__ = [
     "FORMATS",
     "FORMAT_FILE",
     "IGNORE_INDEX",
+    "MODES",
+    "MODE_TAGS",
+    "AdaptiveFormat",
     "AnswerFirstFormat",
     "CascadeFormat",
     "CompressedFormat",

@@ -3,7 +3,9 @@
 * :class:`~.arguments.SLowEDArguments`: every config field of both methods (SafeDistillConfig inherits it);
 * :func:`~.entropy_mask.low_entropy_keep_mask`: which target tokens stay in the loss;
 * :class:`~.slow_tuning.SlowTuningCallback`: keeps each layer's drift from its start-of-training weights in a budget;
-* :func:`~.plots.plot_slowed`: PNG of drift and masked fraction per epoch from the training logs.
+* :func:`~.plots.plot_slowed`: PNG of drift and masked fraction per epoch from the training logs;
+* :class:`~.safe_lora.SafeLoraCallback` and :class:`~.asft.AsftCallback`: the Safe LoRA and AsFT baselines;
+  :func:`baseline_callbacks` builds those a config turns on.
 
 Only the arguments are imported eagerly (no torch/transformers import for config parsing).
 """
@@ -16,7 +18,23 @@ _LAZY = {
     "low_entropy_keep_mask": "trl_safedistill.methods.entropy_mask",
     "SlowTuningCallback": "trl_safedistill.methods.slow_tuning",
     "plot_slowed": "trl_safedistill.methods.plots",
+    "SafeLoraCallback": "trl_safedistill.methods.safe_lora",
+    "AsftCallback": "trl_safedistill.methods.asft",
 }
+
+
+def baseline_callbacks(args: SLowEDArguments) -> list:
+    """The callbacks of the safety baselines ``args`` turns on (``safe_lora``, ``asft``), in that order."""
+    callbacks = []
+    if args.safe_lora:
+        from .safe_lora import SafeLoraCallback
+
+        callbacks.append(SafeLoraCallback(args))
+    if args.asft:
+        from .asft import AsftCallback
+
+        callbacks.append(AsftCallback(args))
+    return callbacks
 
 
 def __getattr__(name: str):
@@ -27,4 +45,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'trl_safedistill.methods' has no attribute {name!r}")
 
 
-__all__ = ["SLowEDArguments", "validate_slowed_arguments", *sorted(_LAZY)]
+__all__ = ["SLowEDArguments", "baseline_callbacks", "validate_slowed_arguments", *sorted(_LAZY)]

@@ -1,4 +1,5 @@
-"""Configuration of the SLowED methods (arXiv 2508.09666): low-entropy masking and slow tuning.
+"""Configuration of the SLowED methods (arXiv 2508.09666), low-entropy masking and slow tuning, and of the two
+safety-preserving baselines beside them: Safe LoRA (arXiv 2405.16833) and AsFT (arXiv 2506.08473).
 
 :class:`SLowEDArguments` holds every knob of both modules, with defaults, so that
 ``SafeDistillConfig(SFTConfig)`` can inherit from it (all names are prefixed ``entropy_mask_`` or
@@ -18,6 +19,7 @@ ENTROPY_MASK_MODES = ("off", "threshold", "fraction")
 SLOW_TUNING_RULES = ("off", "project", "scale", "direction")
 SLOW_TUNING_UNITS = ("weight", "reference")
 SLOW_TUNING_REFERENCE_MISSING = ("skip", "freeze")
+ALIGNMENT_PROJECTIONS = ("approximate", "exact")
 
 
 @dataclass
@@ -48,8 +50,9 @@ class SLowEDArguments:
 
     slow_tuning_rule (`str`, *optional*, defaults to `"off"`):
         `"off"`, `"project"` (rescale each layer's delta onto the drift budget when exceeded), `"scale"` (pull the
-        delta toward the anchor by `slow_tuning_pull` at every check) or `"direction"` (limit only the component of
-        the delta that undoes the alignment delta `W0 - W_reference`; needs `slow_tuning_reference`).
+        delta toward the anchor by `slow_tuning_pull` at every check, never above the budget) or `"direction"`
+        (limit only the part of the delta inside the alignment subspace, so that it undoes at most the budget of the
+        alignment delta `W_aligned - W_reference`; the orthogonal part is untouched; needs `slow_tuning_reference`).
     slow_tuning_budget (`float`, *optional*, defaults to `0.01`):
         Drift budget in epoch 0, as a fraction of the unit (`slow_tuning_unit`).
     slow_tuning_budget_growth (`float`, *optional*, defaults to `1.0`):
@@ -61,8 +64,16 @@ class SLowEDArguments:
         alignment (for an instruct student, its base model).
     slow_tuning_reference_missing (`str`, *optional*, defaults to `"skip"`):
         Layers with no (or a zero) reference delta are left unconstrained (`"skip"`) or pinned to W0 (`"freeze"`).
+    slow_tuning_direction_rank (`int`, *optional*, defaults to `0`):
+        Rule `"direction"`: the alignment subspace is spanned by the top-k left singular vectors of each layer's
+        alignment delta D. 0: full tensors use the full-matrix direction `D / ||D||`, LoRA layers D's numerical rank.
     slow_tuning_direction_dtype (`str`, *optional*, defaults to `"float32"`):
-        Rule `"direction"`: dtype of the stored direction `D̂` (`"bfloat16"` halves its memory, less exact).
+        Rule `"direction"`: dtype of the stored direction `D̂` / basis (`"bfloat16"` halves its memory, less exact).
+    aligned_weights (`str` or `None`, *optional*, defaults to `None`):
+        The aligned weights training starts from, in their saved precision (folder, `.safetensors`, `embedded-default`
+        or hub id); default: the student's own `model_name_or_path`. Read where a base layer is quantized (slow
+        tuning's reference quantities) and always by Safe LoRA and AsFT, so that no alignment delta is taken
+        against an NF4/int8 copy.
     slow_tuning_pull (`float`, *optional*, defaults to `0.01`):
         `"scale"` rule: at every check the delta becomes `(1 - pull) * delta`.
     slow_tuning_check_every (`int`, *optional*, defaults to `1`):
@@ -71,6 +82,33 @@ class SLowEDArguments:
         Also constrain trainable 1-D tensors (biases, norm weights) in full fine-tuning.
     slow_tuning_log_layers (`bool`, *optional*, defaults to `True`):
         Write per-layer drift of every checked step to `{output_dir}/slow_tuning_drift.jsonl`.
+
+    > Safe LoRA (arXiv 2405.16833; `trl_safedistill.methods.safe_lora`)
+
+    safe_lora (`bool`, *optional*, defaults to `False`):
+        At the end of training, project the LoRA weights of the layers whose projected/unprojected similarity is at
+        most `safe_lora_threshold` onto the alignment subspace of `V = W_aligned - W_unaligned` (LoRA and QLoRA).
+    safe_lora_reference (`str` or `None`, *optional*, defaults to `None`):
+        The unaligned weights (e.g. the base model of an instruct student); required with `safe_lora`.
+    safe_lora_threshold (`float`, *optional*, defaults to `0.5`):
+        Cosine similarity threshold tau (peft's `SafeLoraConfig` default).
+    safe_lora_num_layers (`int`, *optional*, defaults to `0`):
+        If > 0, project the n layers of lowest similarity instead (the paper's/peft's `select_layers_type="number"`).
+    safe_lora_projection (`str`, *optional*, defaults to `"approximate"`):
+        `"approximate"`: the paper's `C = V Vᵀ / ||V||_F`; `"exact"`: the orthogonal projector onto V's column space.
+
+    > AsFT (arXiv 2506.08473; `trl_safedistill.methods.asft`)
+
+    asft (`bool`, *optional*, defaults to `False`):
+        Add AsFT's regulariser `asft_lambda * sum_layers ||(I - C) ΔW||_F²` to every optimizer step (LoRA and QLoRA).
+    asft_reference (`str` or `None`, *optional*, defaults to `None`):
+        The unaligned weights; required with `asft`.
+    asft_lambda (`float`, *optional*, defaults to `1.0`):
+        The regulariser's weight (the authors' released script uses 1).
+    asft_projection (`str`, *optional*, defaults to `"approximate"`):
+        `C` as in Safe LoRA: `"approximate"` (`V Vᵀ / ||V||_F`, the authors' code) or `"exact"`.
+    asft_scaled_delta (`bool`, *optional*, defaults to `False`):
+        `ΔW = s·B·A` (the update the layer adds) instead of `B·A` (the authors' code, without the LoRA scaling s).
     """
 
     # ---- low-entropy masking -------------------------------------------------------------------------------
@@ -128,9 +166,10 @@ class SLowEDArguments:
         metadata={
             "help": "Slow tuning (SLowED; the rule is this project's choice): 'off'; 'project' (after each check, a "
             "layer whose drift ||W - W0||_F / unit exceeds the budget has its delta rescaled onto the budget); "
-            "'scale' (the delta W - W0 is multiplied by 1 - `slow_tuning_pull` at every check: a pull toward the "
-            "anchor); 'direction' (only the component of the delta along -(W0 - W_reference) is limited to the "
-            "budget; needs `slow_tuning_reference`).",
+            "'scale' (the delta W - W0 is multiplied by 1 - `slow_tuning_pull` at every check, and never exceeds the "
+            "budget); 'direction' (the part of the delta inside the alignment subspace of D = W_aligned - W_reference "
+            "is scaled down until it undoes at most the budget of D; the orthogonal part is untouched; needs "
+            "`slow_tuning_reference`; see methods/slow_tuning/rules.py).",
             "choices": list(SLOW_TUNING_RULES),
         },
     )
@@ -171,6 +210,14 @@ class SLowEDArguments:
             "choices": list(SLOW_TUNING_REFERENCE_MISSING),
         },
     )
+    slow_tuning_direction_rank: int = field(
+        default=0,
+        metadata={
+            "help": "Rule 'direction': k, the alignment subspace of each layer is spanned by the top-k left singular "
+            "vectors of its alignment delta D = W_aligned - W_reference. 0 (default): full tensors use the full-matrix "
+            "direction D/||D|| (exact), LoRA layers the numerical rank of D (for a merged rank-r LoRA alignment, r)."
+        },
+    )
     slow_tuning_direction_dtype: str = field(
         default="float32",
         metadata={
@@ -198,6 +245,73 @@ class SLowEDArguments:
     slow_tuning_log_layers: bool = field(
         default=True,
         metadata={"help": "Write every checked step's per-layer drift to `{output_dir}/slow_tuning_drift.jsonl`."},
+    )
+    aligned_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "The aligned weights training starts from, in their saved precision (folder, .safetensors, "
+            "`embedded-default` or hub id); default: the student's own model_name_or_path. Read for layers on a "
+            "quantized (4-bit/8-bit) base by slow tuning, and always by Safe LoRA and AsFT: an alignment delta is "
+            "never taken against the NF4/int8 copy."
+        },
+    )
+
+    # ---- Safe LoRA (arXiv 2405.16833) ------------------------------------------------------------------------
+    safe_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Safe LoRA: at the end of training, replace B by C·B in every LoRA layer whose cosine similarity "
+            "between C·B·A and B·A is at most `safe_lora_threshold`, C the projection onto the alignment matrix "
+            "V = W_aligned - W_unaligned (`safe_lora_reference`). Post-hoc, LoRA/QLoRA only."
+        },
+    )
+    safe_lora_reference: str | None = field(
+        default=None,
+        metadata={"help": "Safe LoRA: the unaligned weights W_unaligned (folder, .safetensors, embedded-default, hub id)."},
+    )
+    safe_lora_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Safe LoRA: similarity threshold tau in [-1, 1] (peft's SafeLoraConfig default 0.5)."},
+    )
+    safe_lora_num_layers: int = field(
+        default=0,
+        metadata={"help": "Safe LoRA: if > 0, project the n layers of lowest similarity instead of using the threshold."},
+    )
+    safe_lora_projection: str = field(
+        default="approximate",
+        metadata={
+            "help": "Safe LoRA's C: 'approximate' = V Vᵀ / ||V||_F (the paper's and its code's), 'exact' = the "
+            "orthogonal projector onto V's column space (numerical rank).",
+            "choices": list(ALIGNMENT_PROJECTIONS),
+        },
+    )
+
+    # ---- AsFT (arXiv 2506.08473) -----------------------------------------------------------------------------
+    asft: bool = field(
+        default=False,
+        metadata={
+            "help": "AsFT: add asft_lambda * sum over LoRA layers of ||(I - C) ΔW||_F² to each optimizer step's "
+            "objective (the update's component outside the alignment subspace; `asft_reference`). LoRA/QLoRA only."
+        },
+    )
+    asft_reference: str | None = field(
+        default=None,
+        metadata={"help": "AsFT: the unaligned weights W_unaligned (folder, .safetensors, embedded-default, hub id)."},
+    )
+    asft_lambda: float = field(
+        default=1.0,
+        metadata={"help": "AsFT: weight of the regulariser (the authors' released script: 1)."},
+    )
+    asft_projection: str = field(
+        default="approximate",
+        metadata={
+            "help": "AsFT's C: 'approximate' = V Vᵀ / ||V||_F (the authors' code), 'exact' = the orthogonal projector.",
+            "choices": list(ALIGNMENT_PROJECTIONS),
+        },
+    )
+    asft_scaled_delta: bool = field(
+        default=False,
+        metadata={"help": "AsFT: penalise s·B·A (the layer's update) instead of B·A (the authors' code omits s)."},
     )
 
     def __post_init__(self):
@@ -241,3 +355,16 @@ def validate_slowed_arguments(args: SLowEDArguments) -> None:
         raise ValueError(f"slow_tuning_direction_dtype must be float32 or bfloat16, got {args.slow_tuning_direction_dtype}")
     if args.slow_tuning_check_every < 1:
         raise ValueError(f"slow_tuning_check_every must be >= 1, got {args.slow_tuning_check_every}")
+    if args.slow_tuning_direction_rank < 0:
+        raise ValueError(f"slow_tuning_direction_rank must be >= 0 (0: numerical rank), got {args.slow_tuning_direction_rank}")
+    for name in ("safe_lora", "asft"):
+        if getattr(args, name) and not getattr(args, f"{name}_reference"):
+            raise ValueError(f"{name}=True needs {name}_reference (the unaligned weights, e.g. the student's base model)")
+        if getattr(args, f"{name}_projection") not in ALIGNMENT_PROJECTIONS:
+            raise ValueError(f"{name}_projection must be one of {ALIGNMENT_PROJECTIONS}, got {getattr(args, f'{name}_projection')!r}")
+    if not -1.0 <= args.safe_lora_threshold <= 1.0:
+        raise ValueError(f"safe_lora_threshold is a cosine similarity in [-1, 1], got {args.safe_lora_threshold}")
+    if args.safe_lora_num_layers < 0:
+        raise ValueError(f"safe_lora_num_layers must be >= 0 (0: use safe_lora_threshold), got {args.safe_lora_num_layers}")
+    if args.asft_lambda < 0:
+        raise ValueError(f"asft_lambda must be >= 0, got {args.asft_lambda}")

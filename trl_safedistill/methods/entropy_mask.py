@@ -14,10 +14,19 @@ and a target token t is *kept* when
   the operation of ``trl.GRPOTrainer.get_high_entropy_mask`` with quantile ``q = entropy_mask_quantile``
   (``= 1 - GRPOConfig.top_entropy_quantile``): ``torch.quantile`` (linear interpolation) over the entropies,
   ties at the threshold kept. With an ``accelerator`` running several processes the entropies are
-  gathered first (``pad_across_processes`` with a negative sentinel + ``gather``), so the threshold is the
-  quantile of the *global* micro-batch and identical on every rank. Each call is then a collective: every
-  rank must call it the same number of times (true in a DDP training step). Under gradient accumulation
-  the quantile is taken per micro-batch, not per accumulated batch;
+  gathered first (``pad_across_processes`` with a negative sentinel + ``gather``), so the threshold is
+  identical on every rank. Each call is then a collective: every rank must call it the same number of times
+  (true in a DDP training step, where accelerate gives every rank the same number of micro-batches).
+
+  **The batch is the optimizer step** (the rule SafeDistillTrainer follows): the pool is every maskable target
+  token of every micro-batch of the gradient-accumulation window, on every rank, i.e. the same tokens whose
+  kept count normalises the loss. With one micro-batch per step the training forward's entropies are that
+  pool (:func:`low_entropy_keep_mask` gathers them); with several, the trainer's no-grad pre-pass computes
+  every micro-batch's entropies first, :func:`window_threshold` takes the quantile once over all of them,
+  and :func:`low_entropy_keep_mask` applies it (``threshold=``, no collective). So the keep bits of a step
+  depend only on its global batch, not on how it is split into micro-batches and processes
+  (``2 processes x 1 sequence x 2 accumulation steps`` masks what ``1 process x 4 sequences`` masks; tested
+  with a real two-process run in ``tests/test_multiprocess.py``);
 * mode ``off``: every target token is kept.
 
 Then:
@@ -72,6 +81,35 @@ def entropy_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     return ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])
 
 
+def maskable_targets(target_mask: torch.Tensor, segment_ids: torch.Tensor, args: SLowEDArguments) -> torch.Tensor:
+    """Target tokens that may be masked: every target, less the answer tokens when ``entropy_mask_protect_answer``."""
+    target = target_mask.bool()
+    if args.entropy_mask_protect_answer:
+        return target & (segment_ids != ANSWER_SEGMENT)
+    return target
+
+
+def window_threshold(
+    entropies: list[torch.Tensor],
+    target_masks: list[torch.Tensor],
+    segment_ids: list[torch.Tensor],
+    args: SLowEDArguments,
+    accelerator: Any = None,
+) -> float:
+    """Mode ``fraction``'s threshold for one optimizer step: the ``entropy_mask_quantile`` of the maskable target
+    entropies of all its micro-batches (one ``(B, T)`` tensor each, as for :func:`low_entropy_keep_mask`) and, with
+    an ``accelerator`` on several processes, of every rank (one collective per call). ``-inf`` (nothing masked)
+    when there is no maskable token or the quantile is 0. Pass it to :func:`low_entropy_keep_mask` as ``threshold``.
+    """
+    pool = torch.cat(
+        [ent.detach().float()[maskable_targets(t, s, args)].flatten() for ent, t, s in zip(entropies, target_masks, segment_ids)]
+    )
+    pool = gather_entropies(pool, accelerator)
+    if pool.numel() == 0 or args.entropy_mask_quantile <= 0.0:
+        return float("-inf")
+    return float(entropy_quantile(pool, float(args.entropy_mask_quantile)))
+
+
 def _apply_floor(keep: torch.Tensor, entropy: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
     """Give each example whose kept count is below ``min(k, n_targets)`` its ``k`` highest-entropy targets."""
     if k <= 0:
@@ -97,6 +135,7 @@ def low_entropy_keep_mask(
     args: SLowEDArguments,
     accelerator: Any = None,
     is_top1: torch.Tensor | None = None,
+    threshold: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Which target tokens stay in the loss, and statistics for logging.
 
@@ -109,6 +148,8 @@ def low_entropy_keep_mask(
         accelerator: an ``accelerate.Accelerator``; with several processes the ``fraction`` quantile is over
             the gathered entropies of all processes (a collective call). ``None``: this process only.
         is_top1: ``(B, T)`` bool, fused head ``is_top1``; needed only with ``entropy_mask_only_top1``.
+        threshold: mode ``fraction`` only: the step's threshold from :func:`window_threshold`, used as is (no
+            quantile, no collective; ``-inf`` masks nothing). ``None``: the quantile of this batch (gathered).
 
     Returns:
         ``keep``: ``(B, T)`` bool, True on target tokens that stay in the loss, False on non-targets.
@@ -127,15 +168,17 @@ def low_entropy_keep_mask(
     target = target_mask.bool()
     ent = entropy.detach().float()
     mode = args.entropy_mask_mode
-    protected = (segment_ids == ANSWER_SEGMENT) & target if args.entropy_mask_protect_answer else torch.zeros_like(target)
-    maskable = target & ~protected
+    maskable = maskable_targets(target, segment_ids, args)
 
-    threshold = float("nan")
+    given, threshold = threshold, float("nan")
     if mode == "off":
         low = torch.zeros_like(target)
     elif mode == "threshold":
         threshold = float(args.entropy_mask_threshold)
         low = maskable & (ent < threshold)
+    elif mode == "fraction" and given is not None:
+        low = maskable & (ent < given)
+        threshold = float(given) if given > float("-inf") else float("nan")
     elif mode == "fraction":
         pool = gather_entropies(ent[maskable], accelerator)
         if pool.numel() == 0 or args.entropy_mask_quantile <= 0.0:

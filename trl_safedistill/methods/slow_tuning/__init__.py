@@ -10,7 +10,7 @@ epoch's budget ``β_e = slow_tuning_budget · slow_tuning_budget_growth**e``. On
   ``||Δ||_F`` (batched over LoRA layers) and how a delta is shrunk;
 * :mod:`.rules`: the budget and the rules ``project``, ``scale``, ``direction`` applied at a check;
 * :mod:`.reference`: ``slow_tuning_reference`` read from a file, folder or the hub (``U = ||W0 − W_ref||_F`` and
-  the alignment direction ``D̂``);
+  the alignment direction ``D̂`` or subspace ``U`` of ``D = W_aligned − W_ref``, in saved precision);
 * :mod:`.callback`: :class:`SlowTuningCallback` (anchor, per-step check, metrics, resume);
 * :mod:`.checkpoint`: the anchor and state files written into each checkpoint for an exact resume;
 * :mod:`.log`: the per-layer drift log ``{output_dir}/slow_tuning_drift.jsonl``.

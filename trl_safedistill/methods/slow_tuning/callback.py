@@ -21,15 +21,24 @@ them). Without that, ``on_log`` adds them to ``logs`` and to ``state.log_history
 check goes to the drift log (:mod:`.log`, main process), one run per file: a fresh run starts a new log, a
 resumed run continues the checkpoint's log from its step.
 
-Multi-process: parameters are replicated (DDP), every rank applies the same deterministic correction; sharded
-parameters (FSDP, ZeRO-3) are not supported and raise.
+Multi-process: under DDP and DeepSpeed ZeRO-1/2 parameters are replicated, and every rank applies the same
+deterministic correction. Under DeepSpeed ZeRO-3 the drift is computed on **full** parameters: the anchor and every
+check run inside ``deepspeed.zero.GatheredParameters`` (:func:`full_parameters`; the anchor gathers every parameter
+once, since a LoRA unit's ``||W0||`` needs its frozen base weight, a check only the trainable ones), so the numbers
+are those of one process; a correction made there by rank 0 is written back to every rank's shard on exit (all
+ranks compute the same one). Under every ZeRO stage a correction is also written into DeepSpeed's fp32 master
+weights (``safe_set_full_fp32_param``), which the next optimizer step starts from. Cost: during a check every rank holds the full trainable parameters (small for LoRA),
+and W0 of full fine-tuning is a full copy on every rank. FSDP (DTensor parameters) and a quantized base under
+ZeRO-3 are refused when the trainer starts (:func:`check_sharding`), not mid-run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -38,13 +47,80 @@ from transformers import TrainerCallback
 from ..arguments import SLowEDArguments
 from . import log as drift_log
 from .checkpoint import STATE_FILE, has_state, read_checkpoint, write_checkpoint
-from .reference import _Reference, attach_reference, uses_reference
+from .reference import _Reference, aligned_source, aligned_weight, attach_reference, uses_reference
 from .rules import apply_rule, epoch_budget
 from .units import _FullUnit, _LoraUnit, _Unit, canonical_name, discover_units
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "slow_tuning/"
+
+
+def _zero3_parameters(model: torch.nn.Module | None, trainable_only: bool) -> list[torch.nn.Parameter]:
+    if model is None:
+        return []
+    return [p for p in model.parameters() if hasattr(p, "ds_id") and (p.requires_grad or not trainable_only)]
+
+
+def _write_masters(model: torch.nn.Module | None) -> None:
+    """Copy the trainable parameters' current values into DeepSpeed's fp32 master copies (ZeRO-1/2/3, bf16
+    optimizer); without this the next ``optimizer.step()`` would start from the uncorrected masters. No-op without
+    DeepSpeed. Under ZeRO-3 call it inside :func:`full_parameters` (the values must be the full tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad and (hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"))] \
+        if model is not None else []
+    if not params:
+        return
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    for p in params:
+        safe_set_full_fp32_param(p, p.data.float())
+
+
+@contextlib.contextmanager
+def full_parameters(model: torch.nn.Module | None, modify: bool, trainable_only: bool = True) -> Iterator[Any]:
+    """Inside: the model's DeepSpeed ZeRO-3 parameters (the trainable ones, or all) are full tensors on every rank.
+
+    ``deepspeed.zero.GatheredParameters``; with ``modify`` rank 0's values are partitioned back on exit (every rank
+    computes the same correction). A collective: every rank must enter it. Without ZeRO-3 parameters it gathers
+    nothing. Yields a function to call after a correction, inside the block: it writes the corrected values into
+    DeepSpeed's fp32 master weights (:func:`_write_masters`; ZeRO-1/2 too).
+    """
+    params = _zero3_parameters(model, trainable_only)
+    sync = lambda: _write_masters(model)  # noqa: E731 - bound to this model
+    if not params:
+        yield sync
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
+        yield sync
+
+
+def check_sharding(model: torch.nn.Module, accelerator: Any) -> None:
+    """Refuse, before training, the set-ups slow tuning cannot handle: FSDP, and a quantized base under ZeRO-3.
+
+    FSDP2 parameters are DTensors sharded on dim 0 (FSDP1: flat parameters): a unit's delta could be measured per
+    shard (``||Δ||² = Σ_ranks ||Δ_shard||²``) but LoRA's Gram products and the corrections would need per-shard code
+    that no test covers here, so it is refused rather than run untested. A 4-bit / 8-bit base (bitsandbytes) under
+    ZeRO-3 cannot be gathered into the full weight that ``||W0||`` needs.
+    """
+    from ...errors import UserError
+
+    state = getattr(accelerator, "state", None)
+    kind = str(getattr(accelerator, "distributed_type", ""))
+    if "FSDP" in kind:
+        raise UserError(
+            "slow_tuning_rule is not supported under FSDP (its parameters are sharded DTensors): train with DDP or "
+            "DeepSpeed ZeRO-2/3 (recipes/accelerate/deepspeed_zero3.yaml), or set slow_tuning_rule: off"
+        )
+    plugin = getattr(state, "deepspeed_plugin", None)
+    if "DEEPSPEED" in kind and plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+        quantized = [n for n, p in model.named_parameters() if type(p).__name__ in ("Params4bit", "Int8Params")]
+        if quantized:
+            raise UserError(
+                f"slow_tuning_rule with DeepSpeed ZeRO-3 needs full base weights, but the base is quantized "
+                f"(e.g. {quantized[0]}): use ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml) or DDP for QLoRA"
+            )
 
 
 class SlowTuningCallback(TrainerCallback):
@@ -69,6 +145,7 @@ class SlowTuningCallback(TrainerCallback):
         self._pending_dir: str | None = None
         self._last_check_step = -1
         self.saved_to: str | None = None  # the checkpoint folder the anchor was last written to
+        self._model: torch.nn.Module | None = None  # set in on_train_begin: gathered around checks under ZeRO-3
 
     # ---- set-up -------------------------------------------------------------------------------------------
     @property
@@ -109,6 +186,8 @@ class SlowTuningCallback(TrainerCallback):
             if uses_reference(self.rule, self.args) and needs_w0
             else None
         )
+        quantized = any(isinstance(u, _LoraUnit) and u.quantized for u in units)
+        aligned = aligned_source(model, self.args.aligned_weights) if reference is not None and quantized else None
         n_matched = 0
         for u in units:
             if saved:
@@ -119,8 +198,10 @@ class SlowTuningCallback(TrainerCallback):
                 if not saved:
                     u.w0_norm = float(torch.linalg.vector_norm(w0))
                     u.unit_norm, u.status = u.w0_norm, "constrained"
-                if reference is not None:
-                    n_matched += attach_reference(u, w0, reference, self.rule, self.args, set_norm=not saved)
+                if reference is not None:  # D and U from the saved precision, never from an NF4/int8 base
+                    w_aligned = aligned_weight(u, w0, aligned)
+                    n_matched += attach_reference(u, w_aligned, reference, self.rule, self.args, set_norm=not saved)
+                    del w_aligned
                 del w0
             if isinstance(u, _LoraUnit) and u.direction is not None and u.has_delta0:
                 u._c0 = u._inner_with_direction(u.b0, u.a0)
@@ -136,7 +217,11 @@ class SlowTuningCallback(TrainerCallback):
     # ---- checks -------------------------------------------------------------------------------------------
     def check(self, step: int, epoch: int, correct: bool = True) -> dict[str, Any]:
         """Measure every unit's drift, apply the rule when ``correct``; returns this check's record (:mod:`.rules`)."""
-        return apply_rule(self.units, self.rule, self.budget(epoch), self.args.slow_tuning_pull, step, epoch, correct)
+        with full_parameters(self._model, modify=correct) as write_masters:
+            record = apply_rule(self.units, self.rule, self.budget(epoch), self.args.slow_tuning_pull, step, epoch, correct)
+            if correct and record["projections"]:
+                write_masters()
+        return record
 
     def _record(self, record: dict[str, Any], args: Any, state: Any) -> None:
         n = record["projections"]
@@ -190,13 +275,15 @@ class SlowTuningCallback(TrainerCallback):
                 )
         self._pending_dir = None
         main = getattr(state, "is_world_process_zero", True)
-        if directory is None:
-            self._reset()
-            self.anchor(model)
-            if main and args.output_dir:  # a fresh run: a new drift log, never appended to a previous run's
-                drift_log.start(args.output_dir)
-        else:
-            self._restore(directory, model, state.global_step, args, main)
+        self._model = model
+        with full_parameters(model, modify=False, trainable_only=False):
+            if directory is None:
+                self._reset()
+                self.anchor(model)
+                if main and args.output_dir:  # a fresh run: a new drift log, never appended to a previous run's
+                    drift_log.start(args.output_dir)
+            else:
+                self._restore(directory, model, state.global_step, args, main)
 
     def on_step_end(self, args, state, control, **kwargs):
         if not self.enabled or not self.units:

@@ -11,16 +11,31 @@ to).
 
 * ``project``: if ``d > β_e`` the delta is rescaled onto the budget, ``Δ ← (β_e / d)·Δ`` (:meth:`shrink
   <.units._Unit.shrink>`: exact for full tensors and LoRA with ``B0 = 0``, bisection on the quartic otherwise).
-* ``scale``: ``Δ ← (1 − slow_tuning_pull)·Δ`` at every check (a decoupled pull toward the anchor, like weight
-  decay toward W0; with drift per step u the drift settles near u/pull, unlike a constant step scaling which
-  Adam turns into a mere lower learning rate).
-* ``direction``: only the component of Δ that undoes the alignment delta ``D = W0 − W_ref`` is limited:
-  with ``D̂ = D/||D||`` and ``c = <Δ, D̂>``, the quantity ``undo = max(0, −c) / ||D||`` (fraction of the
-  alignment delta undone) is kept ``<= β_e``. Full tensors: ``W ← W + (−β_e·||D|| − c)·D̂`` (the orthogonal
-  part is untouched). LoRA: ``c`` is linear in ``B`` (``<B·A, D̂> = sum((BᵀD̂) ∘ A)``), so ``B ← t·B`` with
-  ``t = β_e·||D|| / (−c)`` (a low-rank delta cannot drop one direction exactly; the whole adapter delta is
-  shrunk). ``slow_tuning_direction_dtype`` float32 (default) costs one extra copy of the constrained weights;
-  bfloat16 halves it but is exact only to ~2^-8·||Δ||/||D||.
+* ``scale``: ``Δ ← min(1 − slow_tuning_pull, β_e/d)·Δ`` at every check: a decoupled pull toward the anchor
+  (like weight decay toward W0; with drift per step u the drift settles near u/pull, unlike a constant step
+  scaling which Adam turns into a mere lower learning rate), capped, like every rule, at the budget β_e.
+* ``direction``: only the component of Δ that undoes the alignment delta ``D = W_aligned − W_ref`` is limited,
+  and only inside the alignment subspace; the rest of Δ is left as the optimizer made it. With ``k =
+  slow_tuning_direction_rank``, ``U`` the top-k left singular vectors of D (out×k; ``k = 0``: its numerical rank,
+  see :func:`.units.left_basis`), ``P = U Uᵀ``, ``D_k = P D`` and ``c = <Δ, D_k>/||D_k||``, the budget is
+
+      undo = max(0, −c) / ||D_k||  =  max(0, −<Δ, D_k>) / ||D_k||²  <=  β_e
+
+  (the fraction of the alignment delta the update undoes). When it is exceeded, with ``t = β_e·||D_k|| / (−c)``:
+
+  - full tensors, ``k = 0``: ``W ← W + (−β_e·||D|| − c)·D̂`` (``D̂ = D/||D||``): only the component along D̂ moves;
+  - full tensors with ``k > 0``, and LoRA (``W = W_base + s·B·A``, peft's ``B0 = 0``): ``Δ ← (I − P)Δ + t·PΔ``,
+    for LoRA as the left projection ``B ← B − (1 − t)·U·(UᵀB)`` (``A`` for transposed layers): the component of
+    the update in the alignment subspace is scaled down until it undoes exactly ``β_e`` of ``D_k``; the
+    orthogonal part ``(I − P)Δ`` is unchanged. ``t`` scales all of ``PΔ``, not only its ``D_k`` component: a
+    rank-r update plus a multiple of ``D_k`` is not a rank-r update, so no LoRA correction can move that one
+    component alone. When D has full numerical rank (an alignment by full fine-tuning, or saved in bfloat16),
+    ``P = I`` and the LoRA correction is ``B ← t·B``.
+  - LoRA with ``B0 ≠ 0``: interpolation toward ``(A0, B0)`` (:mod:`.units`), budget kept, orthogonal part not.
+
+  D is taken in full precision (:mod:`.reference`). ``slow_tuning_direction_dtype`` float32 (default) stores
+  ``D̂`` (one copy of each full tensor) or ``U`` and ``Uᵀ D`` (k·(out + in) numbers a layer); bfloat16 halves it
+  but holds the limit only to ~2^-8·||Δ||/||D||.
 * a unit with status ``frozen`` (reference delta missing, policy ``freeze``) is pinned to W0; ``skip`` is
   measured but never corrected nor counted in the drift summary.
 
@@ -81,7 +96,8 @@ def apply_rule(units: list[_Unit], rule: str, beta: float, pull: float, step: in
             post = norm / u.unit_norm
             projected.append(u.name)
         elif correct and rule == "scale" and norm > 0.0:
-            norm = u.shrink(1.0 - pull)
+            target = min((1.0 - pull) * norm, beta * u.unit_norm)  # the pull, and never above the budget
+            norm = u.shrink(target / norm, target_norm=target)
             post = norm / u.unit_norm
             projected.append(u.name)
         layers[u.name] = [pre, post]

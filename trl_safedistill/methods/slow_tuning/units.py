@@ -18,10 +18,25 @@ Each unit can shrink its delta, ``Δ ← t·Δ``: full tensors ``W ← W0 + t·(
 interpolates ``A, B`` toward ``A0, B0`` by the same ``t``: ``Δ(t) = s·(t·P + t²·Q)`` with
 ``P = (B−B0)·A0 + B0·(A−A0)``, ``Q = (B−B0)·(A−A0)``, so ``||Δ(t)||²`` is a quartic whose three coefficients
 come from r×r Gram matrices; ``t`` is found by bisection on it (largest ``t`` with ``||Δ(t)|| <= target``, 40
-halvings). ``limit_undo`` moves the component ``<Δ, D̂>`` along a unit direction (rule ``direction``, see
-:mod:`.rules`). Which rule calls which operation is :mod:`.rules`; this module is the linear algebra only.
+halvings).
 
-Sharded parameters (FSDP, ZeRO-3) are not supported and raise in :func:`discover_units`.
+**Alignment subspace** (rule ``direction``, see :mod:`.rules`). A unit holds either a unit direction ``D̂`` (full
+tensors, ``slow_tuning_direction_rank = 0``) or a *left basis*: ``U`` (out×k, orthonormal columns: the top-k left
+singular vectors of the alignment delta ``D``, :func:`left_basis`) and ``D̂_k = Uᵀ D_k / ||D_k||`` (k×in), with
+``D_k = U Uᵀ D``. ``undo`` is ``c = <Δ, D̂>`` (resp. ``<Δ, U·D̂_k>``) and ``limit_undo`` makes ``c = −bound``:
+
+* full tensor, ``D̂``: ``W ← W + (−bound − c)·D̂`` (only the component along ``D̂`` moves; exact);
+* full tensor or LoRA, basis ``U``: ``P = U Uᵀ`` and ``t = bound/(−c)``: ``Δ ← (I − P)Δ + t·PΔ``. For LoRA
+  (``B0 = 0``) the effective weight is ``s·L·R`` with ``L = B, R = A`` (``L = Aᵀ, R = Bᵀ`` for transposed
+  layers), so ``L ← L − (1 − t)·U(UᵀL)`` is exactly that correction: ``PΔ`` is scaled by ``t``, ``(I − P)Δ`` is
+  unchanged to rounding. LoRA with ``B0 ≠ 0`` (non-default init) cannot be corrected in the column space alone
+  (``Δ`` includes ``−s·B0·A0``); it falls back to interpolating ``A, B`` toward ``A0, B0`` (bisection on the
+  quadratic ``c(t)``), which keeps the budget but also shrinks the orthogonal part.
+
+Which rule calls which operation is :mod:`.rules`; this module is the linear algebra only.
+
+Sharded parameters (FSDP DTensors; ZeRO-3 parameters outside ``GatheredParameters``) raise in
+:func:`discover_units`; the callback gathers ZeRO-3 parameters around the anchor and each check (:mod:`.callback`).
 """
 
 from __future__ import annotations
@@ -62,7 +77,8 @@ class _Unit:
     w0_norm: float
     unit_norm: float = 0.0
     status: str = "constrained"
-    direction: torch.Tensor | None = None  # D̂, rule 'direction'
+    direction: torch.Tensor | None = None  # D̂ (basis None) or D̂_k = Uᵀ D_k / ||D_k|| (k×in), rule 'direction'
+    basis: torch.Tensor | None = None  # U (out×k, orthonormal columns): the left alignment subspace, or None
 
     def delta_norm(self) -> float:
         raise NotImplementedError
@@ -94,7 +110,10 @@ class _FullUnit(_Unit):
 
     @torch.no_grad()
     def undo(self) -> float:
-        return float(((self.param.float() - self.w0.float()) * self.direction.float()).sum())
+        delta = self.param.float() - self.w0.float()
+        if self.basis is None:
+            return float((delta * self.direction.float()).sum())
+        return float(((self.basis.float().T @ delta) * self.direction.float()).sum())
 
     @torch.no_grad()
     def shrink(self, t: float, target_norm: float | None = None) -> float:
@@ -104,7 +123,12 @@ class _FullUnit(_Unit):
 
     @torch.no_grad()
     def limit_undo(self, c: float, bound: float) -> None:
-        self.param.add_(self.direction.to(self.param.dtype), alpha=-bound - c)
+        if self.basis is None:
+            self.param.add_(self.direction.to(self.param.dtype), alpha=-bound - c)
+            return
+        u = self.basis.float()
+        delta = self.param.float() - self.w0.float()
+        self.param.sub_((u @ (u.T @ delta)).mul_(1.0 - bound / -c).to(self.param.dtype))  # W0 + (I-P)Δ + t·PΔ
 
     def effective_w0(self) -> torch.Tensor:
         return self.w0.float()
@@ -143,12 +167,17 @@ class _LoraUnit(_Unit):
             b0, a0 = self.b0.double(), self.a0.double()
             self._const = float(_tr(b0.T @ b0, a0 @ a0.T))
 
+    def _factors(self, b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, R) with ``L·R`` the product ``b·a`` oriented like W (``(b·a)ᵀ = aᵀ·bᵀ`` for transposed layers)."""
+        return (a.T, b.T) if self.transpose else (b, a)
+
     def _inner_with_direction(self, b: torch.Tensor, a: torch.Tensor) -> float:
-        """<s·B·A (oriented like W), D̂> = s·sum((Bᵀ D̂) ∘ A) without forming B·A."""
-        d = self.direction.float()
-        if self.transpose:
-            d = d.T
-        return self.scaling * float(((b.float().T @ d) * a.float()).sum())
+        """<s·b·a (oriented like W), D̂> without forming b·a: ``s·sum((LᵀD̂) ∘ R)``, or with a basis
+        ``s·sum(((UᵀL)·R) ∘ D̂_k)``."""
+        left, right = self._factors(b.float(), a.float())
+        if self.basis is None:
+            return self.scaling * float(((left.T @ self.direction.float()) * right).sum())
+        return self.scaling * float((((self.basis.float().T @ left) @ right) * self.direction.float()).sum())
 
     def _delta_sq(self, a: torch.Tensor, b: torch.Tensor) -> float:
         if not self.has_delta0:
@@ -214,15 +243,37 @@ class _LoraUnit(_Unit):
 
     @torch.no_grad()
     def limit_undo(self, c: float, bound: float) -> None:
+        t = bound / -c
         if not self.has_delta0:
-            self._set(bound / -c)  # c is linear in B
+            if self.basis is None:
+                self._set(t)  # the subspace is the whole column space: c is linear in B
+                return
+            u = self.basis.float()
+            if self.transpose:  # L = Aᵀ: A ← A − (1−t)·(A·U)·Uᵀ
+                a = self.A
+                a.sub_(((a.float() @ u) @ u.T).mul_(1.0 - t).to(a.dtype))
+            else:  # L = B: B ← B − (1−t)·U·(UᵀB)
+                b = self.B
+                b.sub_((u @ (u.T @ b.float())).mul_(1.0 - t).to(b.dtype))
             return
         e, f, up, vp = self._path()
-        d = self.direction.double()
-        d = d.T if self.transpose else d
-        lin = self.scaling * float(((up.T @ d) * vp).sum())  # <s·P, D̂>
-        quad = self.scaling * float(((e.T @ d) * f).sum())  # <s·Q, D̂>
+        lin = self._inner_with_direction(up, vp)  # <s·P, D̂>
+        quad = self._inner_with_direction(e, f)  # <s·Q, D̂>
         self._set(_bisect(lambda x: -(lin * x + quad * x**2), bound))
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the frozen base weight is a bitsandbytes 4-bit or 8-bit tensor (its values are not the saved ones)."""
+        weight = getattr(self.layer.get_base_layer(), "weight", None)
+        return getattr(weight, "quant_state", None) is not None or type(weight).__name__ in ("Params4bit", "Int8Params")
+
+    @torch.no_grad()
+    def start_delta(self) -> torch.Tensor | None:
+        """``s·B0·A0`` oriented like W (float32), or None when ``B0 = 0``."""
+        if not self.has_delta0:
+            return None
+        delta0 = self.scaling * (self.b0.float() @ self.a0.float())
+        return delta0.T if self.transpose else delta0
 
     @torch.no_grad()
     def effective_w0(self) -> torch.Tensor:
@@ -231,9 +282,41 @@ class _LoraUnit(_Unit):
         base = self.layer.get_base_layer()
         w = dequantize_module_weight(base).detach().float().clone()
         if self.has_delta0:
-            delta0 = self.scaling * (self.b0.float().to(w.device) @ self.a0.float().to(w.device))
-            w += delta0.T if self.transpose else delta0
+            w += self.start_delta().to(w.device)
         return w
+
+
+#: Singular values below ``RANK_RTOL · σ_max`` count as zero in :func:`left_basis` with ``rank = 0``. A delta saved
+#: in float32 (a merged LoRA alignment) has rounding singular values near 1e-6·σ_max; one saved in bfloat16 has them
+#: near 1e-2·σ_max, so its numerical rank is (nearly) full and ``rank = 0`` then spans the whole column space.
+RANK_RTOL = 1e-4
+
+
+@torch.no_grad()
+def left_basis(d: torch.Tensor, rank: int = 0, rtol: float = RANK_RTOL) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, σ)``: the top-``rank`` left singular vectors (out×k, orthonormal) and singular values of ``d`` (out×in).
+
+    ``rank = 0`` keeps every singular value above ``rtol·σ_max`` (the numerical rank: for a delta from a merged rank-r
+    LoRA, r). Computed in float64 from the eigen-decomposition of the smaller Gram matrix (``d·dᵀ`` or ``dᵀ·d``), so an
+    out×in delta costs one min(out, in)² eigen-problem; deterministic for a given input.
+    """
+    x = d.double()
+    out, inner = x.shape
+    if out <= inner:
+        evals, evecs = torch.linalg.eigh(x @ x.T)
+        evals, u = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+    else:
+        evals, v = torch.linalg.eigh(x.T @ x)
+        evals, v = evals.flip(0).clamp_min(0.0), v.flip(1)
+        u = x @ v
+    sigma = evals.sqrt()
+    if sigma.numel() == 0 or float(sigma[0]) == 0.0:
+        return u[:, :0].float(), sigma[:0].float()
+    k = int((sigma > rtol * sigma[0]).sum()) if rank <= 0 else min(rank, int((sigma > 0).sum()))
+    u, sigma = u[:, :k], sigma[:k]
+    if out > inner:
+        u = u / sigma  # u_i = d·v_i / σ_i
+    return u.float(), sigma.float()
 
 
 @torch.no_grad()
@@ -307,7 +390,7 @@ def discover_units(model: torch.nn.Module, include_1d: bool = False) -> tuple[li
     for pname, p in model.named_parameters():
         if not p.requires_grad or id(p) in lora_param_ids or ".lora_" in pname:
             continue
-        if p.numel() == 0 or type(p).__name__ == "DTensor" or hasattr(p, "ds_id"):
+        if p.numel() == 0 or type(p).__name__ == "DTensor":  # ZeRO-3 outside GatheredParameters: numel() == 0
             raise NotImplementedError(f"slow tuning does not support sharded parameters ({pname})")
         if p.ndim >= 2 or include_1d:
             full.append((pname, p))

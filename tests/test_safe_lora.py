@@ -1,0 +1,133 @@
+"""Safe LoRA (arXiv 2405.16833): which layers are projected, and what the projection does, on hand-made matrices.
+
+Three LoRA layers (out 3, in 2, r 1) share one alignment matrix ``V = [[1, 2], [0, 0], [0, 0]]``, so the paper's
+``Ĉ = V·Vᵀ/||V||_F = diag(√5, 0, 0)``. With ``A = [1, 0]`` and ``B`` = e1, e2, (e1 + e2)/√2 the similarities of
+``Ĉ·B·A`` and ``B·A`` are 1, 0 and 1/√2: threshold 0.5 projects the second layer only, 0.8 the second and third.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from trl_safedistill.methods.alignment import apply_c, layer_projections, projection_from_delta
+from trl_safedistill.methods.safe_lora import REPORT_FILE, project_layers, select_layers, similarity
+
+V = torch.tensor([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+B_COLUMNS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [2**-0.5, 2**-0.5, 0.0]]
+
+
+class ThreeLayers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = (torch.nn.Linear(2, 3, bias=False) for _ in range(3))
+
+    def forward(self, x):
+        return self.l1(x) + self.l2(x) + self.l3(x)
+
+
+def hand_made(tmp_path):
+    """A peft model of three LoRA layers with the B columns above, and the saved aligned / unaligned weights."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = ThreeLayers()
+    aligned = {f"l{i}.weight": base.get_submodule(f"l{i}").weight.detach().clone() for i in (1, 2, 3)}
+    save_file(aligned, str(tmp_path / "aligned.safetensors"))
+    save_file({k: (w - V).contiguous() for k, w in aligned.items()}, str(tmp_path / "unaligned.safetensors"))
+    model = get_peft_model(base, LoraConfig(r=1, lora_alpha=2, target_modules=["l1", "l2", "l3"]))
+    with torch.no_grad():
+        for i, column in enumerate(B_COLUMNS, start=1):
+            layer = model.base_model.model.get_submodule(f"l{i}")
+            layer.lora_A["default"].weight.copy_(torch.tensor([[1.0, 0.0]]))
+            layer.lora_B["default"].weight.copy_(torch.tensor(column)[:, None])
+    return model
+
+
+def test_the_approximate_projection_is_the_papers_c():
+    basis, weights = projection_from_delta(V, "approximate")
+    c_hat = V @ V.T / V.norm()
+    left = torch.randn(3, 2)
+    assert torch.allclose(apply_c(left, basis, weights), c_hat @ left, atol=1e-6)
+    basis, weights = projection_from_delta(V, "exact")  # the orthogonal projector onto V's column space (e1)
+    assert torch.allclose(apply_c(left, basis, weights), torch.diag(torch.tensor([1.0, 0.0, 0.0])) @ left, atol=1e-6)
+
+
+def test_similarity_from_grams_equals_the_flattened_cosine():
+    g = torch.Generator().manual_seed(0)
+    left, projected, right = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.randn(3, 5, generator=g)
+    expected = torch.nn.functional.cosine_similarity((projected @ right).reshape(1, -1), (left @ right).reshape(1, -1))
+    assert similarity(left, projected, right) == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize("threshold,projected", [(0.5, [False, True, False]), (0.8, [False, True, True]),
+                                                 (1.0, [True, True, True]), (-0.1, [False, False, False])])
+def test_exactly_the_layers_at_or_below_the_threshold_are_projected(tmp_path, threshold, projected):
+    model = hand_made(tmp_path)
+    layers = layer_projections(model, str(tmp_path / "unaligned.safetensors"), str(tmp_path / "aligned.safetensors"),
+                               "approximate", "safe_lora")
+    records = project_layers(layers, threshold)
+    assert [r["similarity"] for r in records] == pytest.approx([1.0, 0.0, 2**-0.5], abs=1e-6)
+    assert [r["projected"] for r in records] == projected
+    c_hat = V @ V.T / V.norm()
+    for layer, column, was in zip(layers, B_COLUMNS, projected):
+        b = torch.tensor(column)[:, None]
+        expected = c_hat @ b if was else b
+        assert torch.allclose(layer.unit.B.detach(), expected, atol=1e-6)
+        assert torch.allclose(layer.unit.A.detach(), torch.tensor([[1.0, 0.0]]))  # A is never touched
+
+
+def test_number_selection_takes_the_lowest_similarities():
+    assert select_layers([0.9, 0.1, 0.5, 0.3], threshold=0.0, num_layers=2) == [False, True, False, True]
+    assert select_layers([0.9, 0.1, 0.5], threshold=0.5) == [False, True, True]
+
+
+def test_a_model_without_lora_is_refused(tmp_path):
+    save_file({"l1.weight": torch.zeros(3, 2)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match="LoRA"):
+        layer_projections(ThreeLayers(), str(tmp_path / "w.safetensors"), str(tmp_path / "w.safetensors"),
+                          "approximate", "safe_lora")
+
+
+def test_safe_lora_and_asft_through_safedistilltrainer(tmp_path, tiny_tokenizer):
+    """The config options reach the trainer: Safe LoRA runs at the end (report written, layers projected before the
+    adapter is saved) and AsFT's penalty is logged at every step."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from trl_safedistill.config import SafeDistillConfig
+    from trl_safedistill.methods import AsftCallback, SafeLoraCallback
+    from trl_safedistill.trainer import SafeDistillTrainer
+
+    from .conftest import make_tiny_model
+    from .test_trainer_loss import RECORDS
+
+    model = make_tiny_model(len(tiny_tokenizer), seed=5)
+    model.save_pretrained(tmp_path / "aligned")
+    g = torch.Generator().manual_seed(1)
+    unaligned = {n: (p.detach() - 0.01 * torch.randn(p.shape, generator=g)).contiguous()
+                 for n, p in model.named_parameters() if p.ndim == 2}
+    save_file(unaligned, str(tmp_path / "unaligned.safetensors"))
+    args = SafeDistillConfig(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
+        use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", seed=0, lr_scheduler_type="constant",
+        safe_lora=True, safe_lora_reference=str(tmp_path / "unaligned.safetensors"), safe_lora_threshold=1.0,
+        asft=True, asft_reference=str(tmp_path / "unaligned.safetensors"), asft_lambda=0.5,
+        aligned_weights=str(tmp_path / "aligned"),
+    )
+    trainer = SafeDistillTrainer(model, args, train_dataset=Dataset.from_list([r.to_dict() for r in RECORDS[:4]]),
+                                 processing_class=tiny_tokenizer,
+                                 peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    kinds = {type(c) for c in trainer.callback_handler.callbacks}
+    assert SafeLoraCallback in kinds and AsftCallback in kinds
+    trainer.train()
+    steps = [e for e in trainer.state.log_history if "loss" in e]
+    # logged at every step; zero at the first (B = 0 before it), positive once the adapter has moved
+    assert len(steps) == 2 and steps[0]["asft/penalty"] == 0.0 < steps[1]["asft/penalty"]
+    report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+    assert report["projected"] == len(report["layers"]) == 4  # threshold 1: every layer (2 kinds x 2 layers)
+    assert all(math.isfinite(r["similarity"]) for r in report["layers"])
