@@ -36,20 +36,22 @@ METHODS = ("standard", "slowed", "standard_refusal_mix")
 CONTROL_FAMILIES = ("lr_control", "early_stop")
 
 
-def _git_commit(path: Path, message: str, tries: int = 5) -> bool:
-    """Commit ``path`` alone (other staged or unstaged changes are left as they are); a busy index (another git
+def _git_commit(paths: list[Path], message: str, tries: int = 5) -> bool:
+    """Commit ``paths`` alone (other staged or unstaged changes are left as they are); a busy index (another git
     command holding ``index.lock``) is retried. A commit that still fails is reported, not fatal: the unit stays on
     disk and the next ``--commit`` run (or a person) commits it."""
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True, check=True).stdout.strip()
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=paths[0].parent, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    names = [str(p) for p in paths]
     for attempt in range(tries):
-        added = subprocess.run(["git", "add", "--", str(path)], cwd=root, capture_output=True, text=True)
+        added = subprocess.run(["git", "add", "--", *names], cwd=root, capture_output=True, text=True)
         done = added.returncode == 0 and subprocess.run(
-            ["git", "commit", "--quiet", "--only", "-m", message, "--", str(path)], cwd=root, capture_output=True, text=True
+            ["git", "commit", "--quiet", "--only", "-m", message, "--", *names], cwd=root, capture_output=True, text=True
         ).returncode == 0
         if done:
             return True
         time.sleep(2 + 3 * attempt)
-    print(f"warning: could not commit {path}; it is on disk, commit it by hand", file=sys.stderr, flush=True)
+    print(f"warning: could not commit {names}; on disk, commit by hand", file=sys.stderr, flush=True)
     return False
 
 
@@ -109,7 +111,7 @@ class EvidenceRun:
             "metrics": result["metrics"], "safety": {k: v for k, v in result["safety"].items() if k != "sets"},
         })
         if self.commit:
-            _git_commit(folder, f"evidence: {self.size.name} seed {self.seed} {model}")
+            _git_commit([folder, self.results / "manifest.json"], f"evidence: {self.size.name} seed {self.seed} {model}")
         print(f"unit written: {folder}", flush=True)
 
     def evaluate(self, name: str, final: str | None, fmt: str, control: bool) -> tuple[dict[str, Any], float]:
