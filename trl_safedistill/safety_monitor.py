@@ -72,7 +72,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .atomic import PRIVATE, write_jsonl
 from .config import SAFETY_MONITOR_POLICIES
 from .errors import UserError
-from .formats import end_of_turn_text, is_chat_tokenizer, render_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -163,17 +162,11 @@ def generation_mode(model):
 
 
 def generate_responses(model, tokenizer, questions: Sequence[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy responses to plain chat turns through the evaluation's generator, ``batch_size`` prompts per call."""
-    from .evaluation.scoring import greedy_generate
+    """Greedy responses to plain chat turns through the evaluation's generator
+    (:func:`trl_safedistill.evaluation.scoring.chat_responses`)."""
+    from .evaluation.scoring import chat_responses
 
-    chat = is_chat_tokenizer(tokenizer)
-    stops = [end_of_turn_text(tokenizer, chat)]
-    texts = [render_prompt(tokenizer, q, "", chat) for q in questions]
-    out: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        out += [text for text, _ in greedy_generate(model, tokenizer, texts[start : start + batch_size], stops,
-                                                     max_new_tokens, chat)]
-    return out
+    return chat_responses(model, tokenizer, questions, max_new_tokens, batch_size)
 
 
 def _tokenizer_of(processing_class):
@@ -517,9 +510,6 @@ def plot(rows: Sequence[dict[str, Any]], out_png: str | os.PathLike, tolerance: 
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = os.fspath(out_png)
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    from .methods.plots import save_figure
+
+    return save_figure(fig, out_png)

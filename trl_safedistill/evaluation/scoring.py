@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from ..answers import DEFAULT_ANSWER_PHRASE
-from ..formats import is_chat_tokenizer, render_prompt, user_text
+from ..formats import end_of_turn_text, is_chat_tokenizer, render_prompt, user_text
 
 
 def model_device(model) -> torch.device:
@@ -75,6 +75,20 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], stops: Sequence[st
             count = len(kept_ids) + (0 if ended is None else 1)
         results.append((text, min(count, max_new_tokens)))
     return results
+
+
+def chat_responses(model, tokenizer, questions: Sequence[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy responses to plain chat turns (no reasoning format), ``batch_size`` prompts per :func:`greedy_generate`
+    call, each stopped at the end of the assistant turn: what the safety probes, the align gate's base-model answers
+    and the safety monitor generate."""
+    chat = is_chat_tokenizer(tokenizer)
+    stops = [end_of_turn_text(tokenizer, chat)]
+    texts = [render_prompt(tokenizer, q, "", chat) for q in questions]
+    out: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        out += [text for text, _ in greedy_generate(model, tokenizer, texts[start : start + batch_size], stops,
+                                                     max_new_tokens, chat)]
+    return out
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

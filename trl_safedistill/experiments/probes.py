@@ -31,22 +31,14 @@ from ..answers import DEFAULT_ANSWER_PHRASE
 from ..atomic import PRIVATE
 from ..dataset import tokenize_records
 from ..evaluation.protocol import judge_response
-from ..evaluation.scoring import greedy_generate, mc_correct, model_device
-from ..formats import end_of_turn_text, is_chat_tokenizer, render_prompt
+from ..evaluation.scoring import chat_responses, mc_correct, model_device
 from ..records import RationaleRecord
 
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """Greedy completions of plain chat prompts, batched, through the evaluation's own generator
-    (:func:`trl_safedistill.evaluation.scoring.greedy_generate`, stopping at the end of the turn)."""
-    chat = is_chat_tokenizer(tokenizer)
-    stops = [end_of_turn_text(tokenizer, chat)]
-    texts = [render_prompt(tokenizer, p, "", chat) for p in prompts]
-    outputs: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        outputs += [text for text, _ in greedy_generate(model, tokenizer, texts[start : start + batch_size], stops,
-                                                         max_new_tokens, chat)]
-    return outputs
+    (:func:`trl_safedistill.evaluation.scoring.chat_responses`, stopping at the end of the turn)."""
+    return chat_responses(model, tokenizer, prompts, max_new_tokens, batch_size)
 
 
 def refusal_rate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int, log: Path | None,

@@ -97,6 +97,13 @@ def plot_slowed(source: str | os.PathLike | list[dict[str, Any]], out_png: str |
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig, out_png) -> str:
+    """Lay out, write (folders made) and close a matplotlib figure; returns the path written."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = os.fspath(out_png)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
