@@ -109,4 +109,4 @@ def test_presets_are_unchanged():
     assert hashlib.sha256(presets.encode()).hexdigest() == PRESETS_SHA256
 
 
-PRESETS_SHA256 = "7dbd3888346bcb62014cb904eab10e4bb53c84f5e3133410fdd37e4e409d2f4c"
+PRESETS_SHA256 = "ec20f4d6d4b2c6784779297052a99747907dbb1ef3b400189a4698d128ca0e31"

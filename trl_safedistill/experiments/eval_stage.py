@@ -73,14 +73,24 @@ def mc_items(model, tokenizer, docs: list[dict]) -> list[dict[str, Any]]:
 
 
 def nll_items(model, tokenizer, size: RunSize, data_dir: Path) -> list[dict[str, Any]]:
-    """Held-out NLL rows ``{"kind": "nll", "set", "id", "nll_sum", "tokens"}`` of the test rationales."""
+    """Held-out NLL rows ``{"kind": "nll", "set", "id", "nll_sum", "tokens"}`` of the test rationales: those of the
+    run's ``heldout_records_test.jsonl`` (fitting ``max_length``), or, when ``nll_max_length`` is longer, every test
+    rationale that fits it (the capability split's test part of the bbh-cot held-out records)."""
     from .inputs import load_records
     from .probes import record_nll
 
-    records = load_records(Path(data_dir) / "heldout_records_test.jsonl")
+    length = max(size.max_length, size.nll_max_length)
+    if length > size.max_length:  # more test rationales than the run's file holds (it keeps those fitting max_length)
+        from ..data import bbh_cot
+        from .inputs import capability_part, fitting_records
+
+        records = [r for r in fitting_records(bbh_cot.load_bbh_cot("heldout"), tokenizer, length)
+                   if capability_part(f"bbhcot-{r.id}") == "test"]
+    else:
+        records = load_records(Path(data_dir) / "heldout_records_test.jsonl")
     if size.n_nll:
         records = records[: size.n_nll]
-    sums = record_nll(model, tokenizer, records, size.max_length)
+    sums = record_nll(model, tokenizer, records, length)
     return [{"kind": "nll", "set": "bbh", "id": f"bbhcot-{r.id}", "nll_sum": round(total, 6), "tokens": count}
             for r, (total, count) in zip(records, sums)]
 

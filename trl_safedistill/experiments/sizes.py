@@ -111,7 +111,8 @@ class RunSize:
     n_ind_gen: int = field(default=0, metadata=AT_LEAST_0)  # exact match needs whole rationales (>= 128 tokens): the longer sizes measure it
     n_ood_mc: int = field(default=16, metadata=AT_LEAST_1)
     n_ood_gen: int = field(default=0, metadata=AT_LEAST_0)
-    n_nll: int = field(default=48, metadata=AT_LEAST_0)  # test rationales of the held-out NLL (0: all that fit max_length)
+    n_nll: int = field(default=48, metadata=AT_LEAST_0)  # test rationales of the held-out NLL (0: all that fit)
+    nll_max_length: int = field(default=0, metadata=AT_LEAST_0)  # test rationales must fit this many tokens (0: max_length)
     safety_gen_tokens: int = field(default=64, metadata=AT_LEAST_1)  # the judge reads the first 48 words (about 64 tokens)
     reasoning_gen_tokens: int = field(default=64, metadata=AT_LEAST_1)
     eval_batch: int = field(default=72, metadata=AT_LEAST_1)
@@ -211,7 +212,8 @@ SIZES: dict[str, RunSize] = {
         n_ind_gen=300,
         n_ood_mc=100,
         n_nll=0,
-        reasoning_gen_tokens=128,
+        nll_max_length=512,  # at 256 only 87 test rationales fit; at 512 nearly all do
+        reasoning_gen_tokens=192,
         curve_n_harmful=24,
         curve_n_ind=48,
         curve_n_loss=48,
