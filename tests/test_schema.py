@@ -46,6 +46,8 @@ def test_committed_default_run_validates(metrics):
          r"^\$\.models\[0\]\.curve\[0\]\.refusal: ", "greater than the maximum of 1"),
         (lambda m: m["models"][2].__setitem__("format", "cot"), r"^\$\.models\[2\]\.format: ", "is not one of"),
         (lambda m: m.pop("judge"), r"^\$: ", "'judge' is a required property"),
+        (lambda m: m["models"][1]["safety"]["refusal"].__setitem__("value", 1.5),
+         r"^\$\.models\[1\]\.safety\.refusal\.value: ", "greater than the maximum of 1"),
         (lambda m: m.__setitem__("extra", 1), r"^\$: ", "'extra' was unexpected"),
         (lambda m: m["run"].__setitem__("peft", "yes"), r"^\$\.run\.peft: ", "is not of type 'boolean'"),
         (lambda m: m["data"].__setitem__("train_records", -1), r"^\$\.data\.train_records: ", "less than the minimum"),
