@@ -128,8 +128,8 @@ def test_batched_option_scores_equal_one_forward_per_option(tiny_tokenizer):
 
     from tests.conftest import make_tiny_model
     from trl_safedistill.answers import DEFAULT_ANSWER_PHRASE as ANSWER_PHRASE
-    from trl_safedistill.evaluation.scoring import _common_prefix, continuation_loglikelihoods, option_scores
-    from trl_safedistill.formats.base import render_prompt, user_text
+    from trl_safedistill.evaluation.scoring import continuation_loglikelihoods, option_scores
+    from trl_safedistill.formats.base import common_prefix_length, render_prompt, user_text
 
     model = make_tiny_model(len(tiny_tokenizer), seed=5).eval()
     doc = {"question": "Which one is right?", "options": ["yes", "no way at all", "(C) maybe so", "it is unknown"],
@@ -139,7 +139,7 @@ def test_batched_option_scores_equal_one_forward_per_option(tiny_tokenizer):
     expected, greedy = [], []
     for option in doc["options"]:
         full = tiny_tokenizer(context + " " + option, add_special_tokens=False)["input_ids"]
-        start = min(_common_prefix(context_ids, full), len(full) - 1)
+        start = min(common_prefix_length(context_ids, full), len(full) - 1)
         with torch.no_grad():
             logprobs = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), dim=-1)
         expected.append(sum(float(logprobs[t - 1, full[t]]) for t in range(start, len(full))))

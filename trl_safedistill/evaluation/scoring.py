@@ -25,6 +25,7 @@ import torch
 
 from ..answers import DEFAULT_ANSWER_PHRASE
 from ..formats import end_of_turn_text, is_chat_tokenizer, render_prompt, user_text
+from ..formats.base import common_prefix_length
 
 
 def model_device(model) -> torch.device:
@@ -91,15 +92,6 @@ def chat_responses(model, tokenizer, questions: Sequence[str], max_new_tokens: i
     return out
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @torch.no_grad()
 def continuation_loglikelihoods(model, tokenizer, context: str, continuations: Sequence[str],
                                 chat: bool | None = None) -> list[tuple[float, bool]]:
@@ -113,7 +105,7 @@ def continuation_loglikelihoods(model, tokenizer, context: str, continuations: S
     splits = []
     for continuation in continuations:
         full = tokenizer(context + continuation, add_special_tokens=special)["input_ids"]
-        shared = min(_common_prefix(context_ids, full), len(full) - 1)
+        shared = min(common_prefix_length(context_ids, full), len(full) - 1)
         splits.append((full[:shared], full[shared:]))
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (prefix, _) in enumerate(splits):

@@ -19,6 +19,7 @@ Rendering (this project's choice where the papers differ):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -124,6 +125,16 @@ class DistillFormat(ABC):
         return TrainingSequence(
             self.prompt_text(record.question, record.description), self.assistant_prefix + extra_prefix, tuple(targets)
         )
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two id sequences share (where a context's tokens end inside a longer encoding)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def tokenize_sequence(

@@ -42,7 +42,7 @@ from peft import PromptEmbedding, PromptTuningConfig
 
 from ..records import RationaleRecord
 from .adaptive import ANSWER_FIRST, LABEL_RULES, MODES, THINK_FIRST
-from .base import is_chat_tokenizer, render_prompt, user_text
+from .base import common_prefix_length, is_chat_tokenizer, render_prompt, user_text
 
 #: The sub-folder of a saved student that holds its router.
 ROUTER_DIR = "router"
@@ -180,15 +180,6 @@ class SoftPromptRouter(torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ labels
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @torch.no_grad()
 def answer_scores(model: Any, tokenizer: Any, context: str, continuation: str,
                   chat: bool | None = None) -> tuple[float, bool]:
@@ -200,7 +191,7 @@ def answer_scores(model: Any, tokenizer: Any, context: str, continuation: str,
     special = not (is_chat_tokenizer(tokenizer) if chat is None else chat)
     context_ids = tokenizer(context, add_special_tokens=special)["input_ids"]
     full = list(tokenizer(context + continuation, add_special_tokens=special)["input_ids"])
-    shared = max(1, min(_common_prefix(context_ids, full), len(full) - 1))
+    shared = max(1, min(common_prefix_length(context_ids, full), len(full) - 1))
     targets = full[shared:]
     device = model.get_input_embeddings().weight.device
     logits = model(input_ids=torch.tensor([full], device=device), use_cache=False,
