@@ -57,13 +57,6 @@ def safety_items(model, tokenizer, size: RunSize, part: str, limit: int, directo
     return result["protocol_items"]
 
 
-def safety_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The protocol summary of safety rows (:func:`trl_safedistill.evaluation.protocol.summarise`)."""
-    from ..evaluation.protocol import summarise
-
-    return summarise(rows)
-
-
 def mc_items(model, tokenizer, docs: list[dict]) -> list[dict[str, Any]]:
     """Log-likelihood multiple-choice rows ``{"kind": "ind_mc", "set", "id", "correct"}``."""
     from ..evaluation.scoring import mc_correct

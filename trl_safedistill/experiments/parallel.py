@@ -52,8 +52,9 @@ class EvalJob:
 def evaluate_job(job: EvalJob, directory: Path) -> dict[str, Any]:
     """One model's final evaluation on test data (:mod:`.eval_stage`): ``{"metrics": {...}, "safety": summary,
     "items": path}``; the per-item rows go to ``items.jsonl.gz`` in ``directory``."""
+    from ..evaluation.protocol import summarise
     from ..models import load_tokenizer
-    from .eval_stage import ITEMS_FILE, reasoning_items, rename, safety_items, safety_summary, write_items
+    from .eval_stage import ITEMS_FILE, reasoning_items, rename, safety_items, write_items
     from .training import load_model, load_student
 
     tokenizer = load_tokenizer(job.tokenizer)
@@ -68,7 +69,7 @@ def evaluate_job(job: EvalJob, directory: Path) -> dict[str, Any]:
     for key in ("format_valid", "heldout_nll"):
         if key in summary:
             metrics[key] = summary[key]
-    return {"metrics": metrics, "safety": safety_summary(safety), "items": str(directory / ITEMS_FILE)}
+    return {"metrics": metrics, "safety": summarise(safety), "items": str(directory / ITEMS_FILE)}
 
 
 def worker_threads(workers: int) -> int:
