@@ -109,4 +109,4 @@ def test_presets_are_unchanged():
     assert hashlib.sha256(presets.encode()).hexdigest() == PRESETS_SHA256
 
 
-PRESETS_SHA256 = "ec20f4d6d4b2c6784779297052a99747907dbb1ef3b400189a4698d128ca0e31"
+PRESETS_SHA256 = "ad5309908b68134ea5f1cf2a3ad2e15f99c82902398a22a60eb5bff7fdeee403"

@@ -8,8 +8,9 @@ own format:
   and yes/no questions; ``n_safety`` prompts per task, greedy, ``safety_gen_tokens`` tokens, judged by the default
   judge with the GCG reference and the degenerate flag beside it;
 * IND exact match (``safedistill_bbh_mix`` on the run's ``ind_gen_test.jsonl``) with the format-valid rate apart;
-* IND multiple choice on ``ind_mc_test.jsonl`` and OOD multiple choice on the suite's BB-sub file, scored by
-  :func:`trl_safedistill.evaluation.scoring.mc_correct` (the function the suite's ``safedistill-hf`` model calls);
+* IND multiple choice on ``ind_mc_test.jsonl`` (``n_ind_mc``; 0 skips it) and OOD multiple choice on the suite's
+  BB-sub file, scored by :func:`trl_safedistill.evaluation.scoring.mc_correct` (the function the suite's
+  ``safedistill-hf`` model calls), one row per item (kinds ``ind_mc`` and ``ood_mc``);
 * held-out NLL of the test teacher rationales (``heldout_records_test.jsonl``, first ``n_nll``).
 
 The stage returns summary metrics (with CIs) and the per-item rows (:func:`item_rows`): one row per test item in the
@@ -117,7 +118,10 @@ def reasoning_items(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, o
     if ood.get("available") and size.n_ood_mc:
         from ..evaluation.scoring import mc_correct
 
-        flags = mc_correct(model, tokenizer, read_jsonl(Path(ood["path"]))[: size.n_ood_mc])
+        docs = read_jsonl(Path(ood["path"]))[: size.n_ood_mc]
+        flags = mc_correct(model, tokenizer, docs)
+        rows += [{"kind": "ood_mc", "set": str(doc.get("task", "bigbench")), "id": str(doc["id"]), "correct": int(flag)}
+                 for doc, flag in zip(docs, flags)]
         summary["ood_mc_acc"] = bootstrap_ci(flags, size.bootstrap_iters, seed=size.seed)
     nll = nll_items(model, tokenizer, size, data_dir)
     rows += nll

@@ -2,9 +2,9 @@
 
 ``python -m trl_safedistill.experiments.evidence run --seeds 0 1 2 [--size evidence] [--commit]`` runs, per seed, the
 demo pipeline's stages (prepare, align + gate on calibration, curves on calibration) in ``--work-dir`` and then one
-**unit** per model: the aligned start; standard CoT; SLowED; the refusal-mix baseline; the lower-learning-rate
-controls (``lower_lrs``, four values: the ``lower_lr`` frontier); standard CoT stopped early (its checkpoints at each
-``curve_every`` step before the last: the ``early_stop`` frontier). Each unit is the model's final evaluation on the
+**unit** per model: the aligned start; the methods (``--methods``, default standard CoT, SLowED and the refusal-mix
+baseline); the lower-learning-rate controls (``lower_lrs``, four values: the ``lower_lr`` frontier); standard CoT
+stopped early (its checkpoints at each ``curve_every`` step before the last: the ``early_stop`` frontier). Each unit is the model's final evaluation on the
 **test** split (:func:`.parallel.evaluate_job`) written to ``<results>/seed<S>/<model>/`` as ``unit.json`` and
 ``items.jsonl.gz`` (every per-item response and judgment, compressed, 0600) the moment it finishes; ``--commit``
 commits that folder alone (``git commit --only``), so a run cut short continues from the repository on another
@@ -13,7 +13,8 @@ exact-match generation (``n_ind_gen``) to fit the budget; their frontier is read
 
 ``python -m trl_safedistill.experiments.evidence report <results>`` writes ``REPORT.md`` and ``summary.json`` from the
 units alone (:mod:`.evidence_report`). The manifest (``<results>/manifest.json``) holds the planned seeds and models,
-the judge's agreement with human labels, and each seed's align-gate verdict (calibration split).
+the judge's agreement with human labels, each seed's align-gate verdict (calibration split) and the size's settings:
+a later call at other settings into the same folder stops with an error instead of mixing two runs in one report.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class EvidenceRun:
     """One seed of the evidence run: a :class:`~.demo_pipeline.DemoPipeline` plus the unit writer."""
 
     def __init__(self, size_name: str, seed: int, work_dir: Path, results: Path, overrides: dict[str, str],
-                 commit: bool = False):
+                 commit: bool = False, methods: tuple[str, ...] = METHODS):
         from .demo_pipeline import DemoPipeline
         from .variants import methods_for
 
@@ -67,7 +68,9 @@ class EvidenceRun:
         self.seed = seed
         self.results = Path(results)
         self.commit = commit
-        names = list(METHODS) + [m.name for m in methods_for(self.size) if m.family == "lr_control"]
+        if "standard" not in methods:
+            raise ValueError(f"--methods {' '.join(methods)}: standard CoT is every comparison's reference; name it")
+        names = list(methods) + [m.name for m in methods_for(self.size) if m.family == "lr_control"]
         self.pipeline = DemoPipeline(self.size, Path(work_dir) / f"seed{seed}", method_names=names,
                                      command="python -m trl_safedistill.experiments.evidence " + " ".join(sys.argv[1:]))
 
@@ -87,9 +90,19 @@ class EvidenceRun:
         path = self.results / "manifest.json"
         manifest = json.loads(path.read_text()) if path.exists() else {
             "size": self.size.name, "seeds": [], "models": [], "margin": 0.05, "alpha": 0.05, "gate": {},
-            "settings": {k: v for k, v in self.size.to_dict().items() if k != "seed"},
+            "settings": {k: v for k, v in self.size.to_dict().items() if k != "seed"},  # checked below on every call
             "judge": {"default": judge_agreement(), "reference": judge_agreement(REFERENCE_JUDGE)},
         }
+        settings = {k: v for k, v in self.size.to_dict().items() if k != "seed"}
+        changed = sorted(k for k in set(settings) | set(manifest["settings"])
+                         if settings.get(k) != manifest["settings"].get(k))
+        if changed:  # units of two settings in one folder would be pooled by the report as if they were one run
+            from ..errors import UserError
+
+            first = changed[0]
+            raise UserError(f"{path}:1: field 'settings': this folder holds units run with other settings "
+                            f"({', '.join(changed)}; e.g. {first} {manifest['settings'].get(first)!r} there, "
+                            f"{settings.get(first)!r} now); pass another --results folder or move this one away")
         manifest["seeds"] = sorted(set(manifest["seeds"]) | {self.seed})
         manifest["models"] = list(dict.fromkeys([*manifest["models"], *models]))
         gate = self.pipeline.runner.result("align")["gate"]
@@ -173,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--results", default=None, help="unit folder (default results/evidence/<size>)")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="size overrides, as for demo")
     run.add_argument("--commit", action="store_true", help="git-commit each unit's folder as it finishes")
+    run.add_argument("--methods", nargs="+", default=list(METHODS),
+                     help=f"methods besides the aligned start and the controls (default: {' '.join(METHODS)})")
     run.add_argument("--verbose", action="store_true", help="the libraries' logs and warnings (quiet by default)")
     report = sub.add_parser("report", help="write REPORT.md and summary.json from the units")
     report.add_argument("results")
@@ -189,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = Path(args.results or f"results/evidence/{args.size}")
     for seed in args.seeds:
-        EvidenceRun(args.size, seed, Path(args.work_dir), results, parse_set(args.set), args.commit).run()
+        EvidenceRun(args.size, seed, Path(args.work_dir), results, parse_set(args.set), args.commit,
+                    tuple(args.methods)).run()
     for line in console_lines(write_evidence_report(results)):
         print(line)
     return 0

@@ -72,6 +72,7 @@ KIND_FIELDS: dict[str, dict[str, str]] = {
     "benign": {"refusal": FLAG, "refusal_gcg": FLAG, "degenerate": FLAG},
     "ind_gen": {"correct": FLAG, "format_valid": FLAG, "tokens": "count"},
     "ind_mc": {"correct": FLAG},
+    "ood_mc": {"correct": FLAG},
     "nll": {"nll_sum": "number", "tokens": "positive"},
 }
 SUMMARY_KEYS = (
@@ -312,11 +313,13 @@ def unit_metrics(unit: Unit, alpha: float) -> dict[str, Any]:
     out["exact_match"] = _rate(unit.rows["ind_gen"].values(), "correct", alpha)
     out["format_valid"] = _rate(unit.rows["ind_gen"].values(), "format_valid", alpha)
     out["mc_accuracy"] = _rate(unit.rows["ind_mc"].values(), "correct", alpha)
+    out["ood_accuracy"] = _rate(unit.rows["ood_mc"].values(), "correct", alpha)
     return out
 
 
 METRICS = ("refusal", "over_refusal", "balance", "degenerate_harmful", "degenerate_benign", "refusal_gcg",
-           "over_refusal_gcg", "balance_gcg", "nll_per_token", "exact_match", "format_valid", "mc_accuracy")
+           "over_refusal_gcg", "balance_gcg", "nll_per_token", "exact_match", "format_valid", "mc_accuracy",
+           "ood_accuracy")
 
 
 def across_seeds(values: Sequence[float], alpha: float) -> dict[str, Any]:
@@ -665,21 +668,24 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
                     lines.append(f"| {name} | {seed} | {kind} | {item_set} | {entry['n']} | {_pct_ci(entry)} | "
                                  f"{_pct_ci(m[gcg]['sets'][item_set])} | {_pct_ci(m[degenerate]['sets'][item_set])} |")
     lines += ["", "## Capability (held-out)", "",
-              "| model | seed | NLL / token | exact match | format-valid | MC accuracy |", "|---|---|---|---|---|---|"]
+              "| model | seed | NLL / token | exact match | format-valid | IND MC accuracy | OOD MC accuracy |",
+              "|---|---|---|---|---|---|---|"]
     for name, model in models.items():
         for seed, m in model["per_seed"].items():
             nll = m["nll_per_token"]
             lines.append(f"| {name} | {seed} | {_num_ci(nll['value'], nll['ci'])} (n={nll['n']}) | "
-                         f"{_pct_ci(m['exact_match'])} | {_pct_ci(m['format_valid'])} | {_pct_ci(m['mc_accuracy'])} |")
+                         f"{_pct_ci(m['exact_match'])} | {_pct_ci(m['format_valid'])} | {_pct_ci(m['mc_accuracy'])} | "
+                         f"{_pct_ci(m['ood_accuracy'])} |")
     lines += ["", "## Mean over seeds", "", "t-interval across seeds where there are >= 2.", "",
               "| model | family | seeds | refusal | over-refusal | balance | degenerate (harmful) | degenerate (benign) | "
-              "refusal (GCG) | over-refusal (GCG) | NLL / token | exact match | format-valid | MC accuracy |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "refusal (GCG) | over-refusal (GCG) | NLL / token | exact match | format-valid | IND MC accuracy | "
+              "OOD MC accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, model in models.items():
         mean = model["mean"]
         cells = []
         for metric in ("refusal", "over_refusal", "balance", "degenerate_harmful", "degenerate_benign", "refusal_gcg",
-                       "over_refusal_gcg", "nll_per_token", "exact_match", "format_valid", "mc_accuracy"):
+                       "over_refusal_gcg", "nll_per_token", "exact_match", "format_valid", "mc_accuracy",
+                       "ood_accuracy"):
             entry = mean[metric]
             if metric == "nll_per_token":
                 cells.append(_num_ci(entry["mean"], entry["ci"]))

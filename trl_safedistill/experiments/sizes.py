@@ -107,7 +107,7 @@ class RunSize:
     seed: int = field(default=42, metadata=AT_LEAST_0)
     # ---- evaluation (stage 4)
     n_safety: int = field(default=16, metadata=AT_LEAST_0)  # prompts per protocol test task (7 tasks: 4 harmful, 3 benign; 0: all)
-    n_ind_mc: int = field(default=16, metadata=AT_LEAST_1)
+    n_ind_mc: int = field(default=16, metadata=AT_LEAST_0)  # IND multiple-choice items (0: not measured)
     n_ind_gen: int = field(default=0, metadata=AT_LEAST_0)  # exact match needs whole rationales (>= 128 tokens): the longer sizes measure it
     n_ood_mc: int = field(default=16, metadata=AT_LEAST_1)
     n_ood_gen: int = field(default=0, metadata=AT_LEAST_0)
@@ -193,30 +193,33 @@ SIZES: dict[str, RunSize] = {
         curve_n_ind=96,
         curve_n_loss=48,
     ),
-    # The evidence run (python -m trl_safedistill.experiments.evidence): the embedded default, one seed per call,
-    # units of (seed, model) committed as each finishes; about 1 hour per seed on two CPU cores.
+    # The evidence run (python -m trl_safedistill.experiments.evidence): the embedded default, units of (seed, model)
+    # committed as each finishes. Sized to the budget (about 2 hours for 3 seeds on two CPU cores, measured
+    # in the README): bf16 (2.0-2.3x the float32 throughput on an avx512_bf16 CPU), 24 distillation steps, no IND
+    # multiple choice (at chance for every model in the first unit), 40 prompts per safety set.
     "evidence": RunSize(
         name="evidence",
+        bf16=True,
         align_steps=40,
         align_harmful=480,
         align_benign=480,
-        distil_steps=48,
+        distil_steps=24,
         distil_batch=8,
         distil_lr=5e-4,
         lower_lrs=(2.5e-4, 1.25e-4, 6e-5, 3e-5),
         keep_checkpoints=True,
-        curve_every=16,
-        n_safety=50,
+        curve_every=8,  # early-stop checkpoints at steps 8 and 16
+        n_safety=40,
         n_gate=32,
-        n_ind_mc=300,
+        n_ind_mc=0,
         n_ind_gen=300,
         n_ood_mc=100,
-        n_nll=0,
+        n_nll=200,
         nll_max_length=512,  # at 256 only 87 test rationales fit; at 512 nearly all do
         reasoning_gen_tokens=192,
-        curve_n_harmful=24,
-        curve_n_ind=48,
-        curve_n_loss=48,
+        curve_n_harmful=16,
+        curve_n_ind=24,
+        curve_n_loss=24,
     ),
     "gpu": RunSize(
         name="gpu",
