@@ -27,6 +27,8 @@ def test_tiny_evidence_run_writes_every_unit_then_skips_them(tmp_path, monkeypat
         assert items.stat().st_mode & 0o777 == 0o600
         rows = [json.loads(line) for line in gzip.open(items, "rt")]
         assert {r["kind"] for r in rows} >= {"harmful", "benign", "nll"}
+        if run.pipeline.runner.result("prepare")["ood"]["available"]:  # the OOD items, one row each
+            assert sum(r["kind"] == "ood_mc" for r in rows) == 2
         assert all(r.get("part", "test") == "test" for r in rows)
         # the controls skip exact-match generation; the methods keep it
         assert any(r["kind"] == "ind_gen" for r in rows) == (unit["family"] not in ("lower_lr", "early_stop"))
@@ -44,3 +46,35 @@ def test_tiny_evidence_run_writes_every_unit_then_skips_them(tmp_path, monkeypat
     assert calls == []
     summary = evidence.main(["report", str(results)])
     assert summary == 0 and (results / "REPORT.md").exists()
+
+
+def _run_with_gate(tmp_path, size="tiny", overrides=None, **kwargs):
+    run = evidence.EvidenceRun(size, 0, tmp_path / "work", tmp_path / "results", overrides or {}, **kwargs)
+    gate = {"passed": False, "message": "m", "refusal": 0.5, "over_refusal": 0.5, "lookalike_over_refusal": 0.5}
+    run.pipeline.runner.result = lambda stage: {"gate": gate}  # write_manifest reads only the align gate
+    return run
+
+
+def test_results_folder_refuses_units_of_other_settings(tmp_path, monkeypatch):
+    from trl_safedistill.errors import UserError
+
+    monkeypatch.setattr("trl_safedistill.evaluation.protocol.judge_agreement", lambda *a, **k: {"name": "x"})
+    _run_with_gate(tmp_path).write_manifest(["aligned"])
+    manifest = tmp_path / "results" / "manifest.json"
+    assert json.loads(manifest.read_text())["settings"]["distil_steps"] == 4
+    _run_with_gate(tmp_path).write_manifest(["aligned", "standard"])  # same settings: accepted, models merged
+    assert json.loads(manifest.read_text())["models"] == ["aligned", "standard"]
+    before = manifest.read_text()
+    with pytest.raises(UserError, match=r"manifest.json:1: field 'settings'.*distil_steps.*4.*5"):
+        _run_with_gate(tmp_path, overrides={"distil_steps": "5"}).write_manifest(["aligned"])
+    assert manifest.read_text() == before  # nothing written
+
+
+def test_methods_must_include_standard_and_exist(tmp_path):
+    with pytest.raises(ValueError, match="standard CoT is every comparison's reference"):
+        evidence.EvidenceRun("tiny", 0, tmp_path / "w", tmp_path / "r", {}, methods=("slowed",))
+    with pytest.raises(ValueError, match="unknown method"):
+        evidence.EvidenceRun("tiny", 0, tmp_path / "w", tmp_path / "r", {}, methods=("standard", "slowd"))
+    run = evidence.EvidenceRun("tiny", 0, tmp_path / "w", tmp_path / "r", {"lower_lrs": "1e-3"},
+                               methods=("standard", "slowed"))
+    assert [m.name for m in run.pipeline.methods] == ["standard", "slowed", "standard_lr1e-3"]

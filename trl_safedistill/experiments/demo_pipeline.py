@@ -22,7 +22,7 @@ from typing import Any
 from .sizes import RunSize
 from .stage_progress import Progress, StageProgressCallback
 from .stages import StageRunner
-from .variants import Method, methods_for, select
+from .variants import Method, methods_for, opt_in_methods, select
 
 ALIGN_KEYS = ("model", "load_in_4bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "align_steps", "align_batch",
               "align_lr", "align_max_length", "align_harmful", "align_benign", "gate_min_refusal", "gate_max_over_refusal",
@@ -70,7 +70,8 @@ class DemoPipeline:
                  callbacks: dict[str, list] | None = None, slowed: dict[str, Any] | None = None):
         self.size = size
         self.run_dir = Path(run_dir)
-        self.methods: list[Method] = select(methods_for(size, slowed), method_names)
+        named = opt_in_methods(size, slowed) if method_names else []  # opt-in methods only when asked for by name
+        self.methods: list[Method] = select(methods_for(size, slowed) + named, method_names)
         self.callbacks = callbacks or {}
         self.command = command or "trl-safedistill demo " + shlex.join(sys.argv[1:])
         stages = (["prepare", "align", "curve0"] + [f"distil:{m.name}" for m in self.methods]

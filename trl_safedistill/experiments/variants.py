@@ -98,6 +98,12 @@ def methods_for(size: RunSize, slowed: dict[str, Any] | None = None, learning_ra
     return methods
 
 
+def opt_in_methods(size: RunSize, slowed: dict[str, Any] | None = None) -> list[Method]:
+    """Methods a run trains only when they are named (``--methods``): ablations and added baselines. The default
+    demo's list (:func:`methods_for`) leaves them out, so its time budget does not grow with each one added."""
+    return []
+
+
 def select(methods: list[Method], names: list[str] | None) -> list[Method]:
     """The methods named in ``names`` (all when ``None``); unknown names raise with the known ones."""
     if not names:
