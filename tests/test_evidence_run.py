@@ -78,3 +78,9 @@ def test_methods_must_include_standard_and_exist(tmp_path):
     run = evidence.EvidenceRun("tiny", 0, tmp_path / "w", tmp_path / "r", {"lower_lrs": "1e-3"},
                                methods=("standard", "slowed"))
     assert [m.name for m in run.pipeline.methods] == ["standard", "slowed", "standard_lr1e-3"]
+    calls = []
+    run.pipeline.run_start = lambda: None
+    run.write_manifest = calls.append  # the planned models: what the report lists as missing when a run is cut short
+    run.done = lambda name: True  # every unit present: nothing trains
+    run.run()
+    assert calls == [["aligned", "standard", "slowed", "standard_lr1e-3", "standard_step2"]]

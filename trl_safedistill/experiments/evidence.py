@@ -31,7 +31,8 @@ from typing import Any
 from .sizes import get_size, parse_set
 
 FAMILY = {"aligned": "aligned", "standard": "standard", "slowed": "slowed", "lr_control": "lower_lr",
-          "data_mix": "refusal_mix", "early_stop": "early_stop"}
+          "data_mix": "refusal_mix", "early_stop": "early_stop", "ablation": "ablation", "safe_lora": "safe_lora", "asft": "asft",
+          "adaptive": "adaptive"}
 #: the methods of the evidence run (names of :func:`.variants.methods_for`), besides the lower-lr controls
 METHODS = ("standard", "slowed", "standard_refusal_mix")
 CONTROL_FAMILIES = ("lr_control", "early_stop")
@@ -70,6 +71,7 @@ class EvidenceRun:
         self.commit = commit
         if "standard" not in methods:
             raise ValueError(f"--methods {' '.join(methods)}: standard CoT is every comparison's reference; name it")
+        self.methods = tuple(methods)
         names = list(methods) + [m.name for m in methods_for(self.size) if m.family == "lr_control"]
         self.pipeline = DemoPipeline(self.size, Path(work_dir) / f"seed{seed}", method_names=names,
                                      command="python -m trl_safedistill.experiments.evidence " + " ".join(sys.argv[1:]))
@@ -146,7 +148,7 @@ class EvidenceRun:
         pipeline.run_start()
         controls = [m for m in pipeline.methods if m.family == "lr_control"]
         early = [step for step in range(self.size.curve_every, self.size.distil_steps, self.size.curve_every)]
-        planned = ["aligned", *METHODS, *[m.name for m in controls], *[f"standard_step{s}" for s in early]]
+        planned = ["aligned", *self.methods, *[m.name for m in controls], *[f"standard_step{s}" for s in early]]
         self.write_manifest(planned)
         if not self.done("aligned"):
             result, seconds = self.evaluate("aligned", None, "standard", control=False)
