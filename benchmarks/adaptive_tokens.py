@@ -9,10 +9,12 @@ items through the one evaluation path (:func:`trl_safedistill.evaluation.scoring
 * ``answer_first``: every item answer-first, stopping at the marker (the early-stop baseline).
 
 The baselines are the same student forced into one mode, so the comparison isolates the routing. Printed: the
-router's mode mix; per policy, mean generated tokens per question (bootstrap 95% CI, ``bootstrap_ci``) and accuracy
-(the answer extracted from the text, ``score_generation``); each policy against ``standard``: the ratio of mean
-tokens with a paired percentile bootstrap CI (items resampled with both policies' tokens together, scipy) and the
-accuracy difference with its paired bootstrap CI and McNemar's exact p (``paired_test``). Goals (issue 19):
+router's mode mix; per policy, mean generated tokens per question (bootstrap 95% CI) and accuracy (the answer
+extracted from the text, ``score_generation``; Wilson 95% CI); each policy against ``standard``: the ratio of mean
+tokens with a paired percentile bootstrap CI (items resampled with both policies' tokens together) and the accuracy
+difference with its paired bootstrap CI and McNemar's exact p. The numbers come from
+:func:`trl_safedistill.evaluation.adaptive.compare_policies`, the function the evidence report's "Adaptive thinking"
+section calls on the demo's and the evidence run's adaptive units (``--methods ...,adaptive``). Goals (issue 19):
 adaptive tokens <= 0.6x standard at accuracy not significantly below it; answer-first <= 0.3x standard.
 No generated text is printed; ``--output-dir`` keeps the numbers (``adaptive_tokens.json``) and the student.
 
@@ -29,8 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-POLICIES = ("adaptive", "standard", "answer_first")
-
 
 def evenly(items: list, count: int) -> list:
     """``count`` items spread evenly over ``items`` (every task of bbh-cot represented, no randomness)."""
@@ -38,20 +38,6 @@ def evenly(items: list, count: int) -> list:
         return list(items)
     step = len(items) / count
     return [items[int(i * step)] for i in range(count)]
-
-
-def ratio_of_means(numerator: list[float], denominator: list[float], seed: int = 0) -> dict:
-    """``mean(numerator) / mean(denominator)`` with a paired percentile bootstrap 95% CI (items resampled together)."""
-    import numpy as np
-    from scipy import stats
-
-    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
-    value = float(a.mean() / b.mean())
-    if len(a) < 2 or (np.all(a == a[0]) and np.all(b == b[0])):
-        return {"value": value, "ci": [value, value]}
-    result = stats.bootstrap((a, b), lambda x, y: np.mean(x) / np.mean(y), paired=True, vectorized=False,
-                             n_resamples=1000, method="percentile", rng=np.random.default_rng(seed))
-    return {"value": value, "ci": [float(result.confidence_interval.low), float(result.confidence_interval.high)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from trl_safedistill import SafeDistillConfig, SafeDistillTrainer
     from trl_safedistill.answers import score_generation
     from trl_safedistill.data.bbh_cot import load_bbh_cot
+    from trl_safedistill.evaluation.adaptive import POLICIES, compare_policies, forced_mode
     from trl_safedistill.evaluation.scoring import routed_generate
-    from trl_safedistill.evaluation.stats import bootstrap_ci, paired_test
     from trl_safedistill.formats import end_of_turn_text, is_chat_tokenizer
     from trl_safedistill.models import embedded_default_path, load_tokenizer
 
@@ -132,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for start in range(0, len(questions), args.batch):
             chunk = questions[start : start + args.batch]
-            forced = None if policy == "adaptive" else [policy] * len(chunk)
+            forced = None if forced_mode(policy) is None else [policy] * len(chunk)
             results.extend(routed_generate(model, tokenizer, trainer.router, fmt, chunk, stops, args.max_new_tokens, chat,
                                            stop_early=True, modes=forced))
         runs[policy] = {
@@ -149,14 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         "adaptive_answer_first": runs["adaptive"]["modes"].count("answer_first") / len(test),
         "train_seconds": round(trained), "total_seconds": None, "policies": {}, "against_standard": {},
     }
-    for policy in POLICIES:
-        summary["policies"][policy] = {"tokens": bootstrap_ci(runs[policy]["tokens"]),
-                                       "accuracy": bootstrap_ci(runs[policy]["correct"])}
-    for policy in ("adaptive", "answer_first"):
-        summary["against_standard"][policy] = {
-            "token_ratio": ratio_of_means(runs[policy]["tokens"], runs["standard"]["tokens"]),
-            "accuracy": paired_test(runs[policy]["correct"], runs["standard"]["correct"]),
-        }
+    compared = compare_policies({p: runs[p]["correct"] for p in POLICIES}, {p: runs[p]["tokens"] for p in POLICIES},
+                                runs["adaptive"]["modes"])
+    summary["policies"] = compared["policies"]
+    summary["against_standard"] = compared["against_reference"]
     summary["total_seconds"] = round(time.time() - started)
     output.mkdir(parents=True, exist_ok=True)
     (output / "adaptive_tokens.json").write_text(json.dumps({**summary, "per_item": runs}, indent=2), encoding="utf-8")

@@ -21,7 +21,10 @@ has no entry points; ``trl-safedistill eval`` imports it for you).
 * ``adaptive`` (adaptive thinking, arXiv 2404.09170): the student's soft-prompt router (``router=DIR`` model_arg;
   default the ``router/`` folder beside ``adapter`` or in ``pretrained``) picks each question's mode, then one
   generation per mode (:func:`.scoring.routed_generate`) from the user turn and that mode's tag; answer-first
-  questions stop at the marker with ``stop_early``. The token log records each question's ``mode``.
+  questions stop at the marker with ``stop_early``. The token log records each question's ``mode``. ``router`` may
+  also be a loaded router (in process); ``adaptive_mode=standard|answer_first`` forces that mode on every question
+  instead of routing (the same student's always-think-first / always-answer-first baselines,
+  :mod:`.adaptive`).
 * Multiple choice (``loglikelihood``): each option is scored as the continuation of
   ``render(user text) + answer phrase`` (no rationale): the answer-first reading for every format, this
   project's choice, the same for all students so scores are comparable.
@@ -43,6 +46,7 @@ from lm_eval.models.utils import handle_stop_sequences
 
 from ..answers import DEFAULT_ANSWER_PHRASE
 from ..formats import (
+    MODES,
     AdaptiveFormat,
     CascadeFormat,
     end_of_turn_text,
@@ -74,7 +78,8 @@ class SafeDistillLM(HFLM):
         token_log: str | None = None,
         compression_ratio: float | str | None = None,
         answer_first_marker: str | None = None,
-        router: str | None = None,
+        router: Any = None,
+        adaptive_mode: str | None = None,
         device: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -83,7 +88,13 @@ class SafeDistillLM(HFLM):
                              inference_ratio=None if compression_ratio in (None, "") else float(compression_ratio))
         except ValueError as error:
             raise ValueError(f"safedistill-hf: {error}") from None
-        router_dir = _router_dir(fmt, router, adapter, pretrained)
+        loaded_router = router if router is not None and not isinstance(router, (str, Path)) else None
+        router_dir = None if loaded_router is not None else _router_dir(fmt, router, adapter, pretrained)
+        if adaptive_mode not in (None, "", "adaptive") and (adaptive_mode not in MODES or not isinstance(fmt, AdaptiveFormat)):
+            raise ValueError(f"safedistill-hf: adaptive_mode must be 'adaptive' (routed) or one of {list(MODES)}, with "
+                             f"format=adaptive; got {adaptive_mode!r} with format={fmt.name}")
+        #: the mode forced on every question (``None``: the router decides)
+        self.adaptive_mode = adaptive_mode if adaptive_mode in MODES else None
         if isinstance(pretrained, str):
             from ..models import resolve_model_path
 
@@ -115,7 +126,7 @@ class SafeDistillLM(HFLM):
         self.generation_log: list[dict[str, Any]] = []
         self.generate_calls = 0
         self.token_log = Path(token_log) if token_log else None
-        self.router = None
+        self.router = loaded_router
         if router_dir is not None:
             from ..formats.router import SoftPromptRouter
 
@@ -179,7 +190,8 @@ class SafeDistillLM(HFLM):
         if isinstance(self.fmt, AdaptiveFormat) and not plain and all(isinstance(d.get("question"), str) for d in docs):
             routed = routed_generate(self.model, self.tokenizer, self.router, self.fmt,
                                      [(d["question"], d.get("description")) for d in docs], self._stops(until), max_new,
-                                     self.chat, self.stop_early)
+                                     self.chat, self.stop_early,
+                                     modes=[self.adaptive_mode] * len(docs) if self.adaptive_mode else None)
             self.generate_calls += len({mode for _, _, mode in routed})
             texts, counts, passes = [t for t, _, _ in routed], [n for _, n, _ in routed], 1
         elif isinstance(self.fmt, CascadeFormat) and not plain:

@@ -145,9 +145,12 @@ def evaluate_lm(
     samples: dict[str, list[dict]] = results.get("samples", {})
     tokens_by_task: dict[str, list[int]] = {}
     tokens_by_doc: dict[tuple[str, Any], int] = {}
+    mode_by_doc: dict[tuple[str, Any], str] = {}  # adaptive students: the mode each question was generated in
     for entry in lm.generation_log[log_start:]:
         tokens_by_task.setdefault(entry["task"], []).append(entry["tokens"])
         tokens_by_doc[(entry["task"], entry.get("doc_id"))] = entry["tokens"]
+        if "mode" in entry:
+            mode_by_doc[(entry["task"], entry.get("doc_id"))] = entry["mode"]
 
     out: dict[str, Any] = {"format": lm.fmt.name, "limit": limit, "tasks": {}, "summary": {}, "skipped": skipped, "items": {},
                            "protocol_items": [], "generation_items": []}
@@ -177,6 +180,8 @@ def evaluate_lm(
                 out["generation_items"].append({"task": task, "id": str(sample["doc"].get("id")), "correct": int(float(sample["acc"])),
                                                 "format_valid": int(float(sample.get("format_valid", 0.0))), "tokens": tokens,
                                                 "prompt": prompt, "response": response})
+                if (task, sample.get("doc_id")) in mode_by_doc:
+                    out["generation_items"][-1]["mode"] = mode_by_doc[(task, sample.get("doc_id"))]
             if task in SAFETY_GENERATION_TASKS:
                 guard_pairs.append((prompt, response))
             if task == "safedistill_advbench":
@@ -220,12 +225,16 @@ def evaluate_model(
     safety_format: str = "plain",
     compression_ratio: float | None = None,
     answer_first_marker: str | None = None,
+    router: Any = None,
+    adaptive_mode: str | None = None,
     **kwargs: Any,
 ) -> dict:
     """Evaluate a loaded model (PEFT or plain) in format ``fmt_name``; the model's train/eval mode is restored.
 
     ``max_gen_toks`` caps every generation (tasks ask for 128-256); ``compression_ratio`` is the ``g``
-    stated in the prompt of the ``compressed`` format (default 1); ``kwargs`` go to :func:`evaluate_lm`
+    stated in the prompt of the ``compressed`` format (default 1); ``router`` (a loaded router or its folder) and
+    ``adaptive_mode`` (``None``: routed; ``standard`` | ``answer_first``: forced) are the ``adaptive`` format's
+    (:class:`~.lm.SafeDistillLM`), and a generation item then carries its ``mode``; ``kwargs`` go to :func:`evaluate_lm`
     (``guard``, ``sample_log``, ``first_tokens``, ``bootstrap_iters``, ``override_files``, ``online``).
     """
     from .lm import SafeDistillLM
@@ -243,6 +252,8 @@ def evaluate_model(
             safety_format=safety_format,
             compression_ratio=compression_ratio,
             answer_first_marker=answer_first_marker,
+            router=router,
+            adaptive_mode=adaptive_mode,
         )
         return evaluate_lm(lm, suites, limit, **kwargs)
     finally:

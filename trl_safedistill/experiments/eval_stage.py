@@ -13,6 +13,15 @@ own format:
   ``safedistill-hf`` model calls), one row per item (kinds ``ind_mc`` and ``ood_mc``);
 * held-out NLL of the test teacher rationales (``heldout_records_test.jsonl``, first ``n_nll``).
 
+An ``adaptive`` student (adaptive thinking) is generated on the same IND exact-match items three times
+(:data:`trl_safedistill.evaluation.adaptive.POLICIES`): routed by its router (``adaptive``: these rows, and only these,
+give its exact match, format-valid rate and tokens per question, the numbers every other student reports), forced
+think-first (``standard``) and forced answer-first (``answer_first``). Each of its ``ind_gen`` rows carries ``policy``
+and ``tokens``, a routed row also the ``mode`` the router chose; rows of every other format are unchanged (no
+``policy``). Its safety is measured like every other student's: the protocol's tasks are plain chat prompts, sent
+as one chat turn with no reasoning format, so no mode tag and no routing applies to them (the router was trained
+on reasoning questions only, and routing a harmful request into "answer first" would change what is measured).
+
 The stage returns summary metrics (with CIs) and the per-item rows (:func:`item_rows`): one row per test item in the
 layout :mod:`.evidence_report` reads, with the response text for generation items. The rows go to
 ``items.jsonl.gz`` (0600) in the stage folder; the stage result keeps the summary only.
@@ -89,28 +98,60 @@ def nll_items(model, tokenizer, size: RunSize, data_dir: Path) -> list[dict[str,
             for r, (total, count) in zip(records, sums)]
 
 
-def reasoning_items(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, ood: dict[str, Any],
-                    directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(summary metrics, per-item rows) of the capability measures on test items."""
+def ind_gen_rows(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, directory: Path, router=None,
+                 policy: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(suite summary, ``ind_gen`` rows) of one IND exact-match generation over the first ``n_ind_gen`` test items.
+
+    ``policy`` (``adaptive`` students only, :mod:`trl_safedistill.evaluation.adaptive`): ``adaptive`` routes each
+    question with ``router``, ``standard`` / ``answer_first`` force that mode; the rows then carry ``policy`` (and a
+    routed row its ``mode``), and a forced policy's responses go to ``samples_ind_gen_<policy>.jsonl``.
+    """
+    from ..evaluation.adaptive import ROUTED, forced_mode
     from ..evaluation.run import evaluate_model
+
+    log = "samples_ind_gen.jsonl" if policy in (None, ROUTED) else f"samples_ind_gen_{policy}.jsonl"
+    adaptive = {} if policy is None else {"router": router, "adaptive_mode": forced_mode(policy)}
+    result = evaluate_model(model, tokenizer, fmt, suites=("ind",), limit=size.n_ind_gen,
+                            max_gen_toks=size.reasoning_gen_tokens, batch_size=size.eval_batch,
+                            tasks=["safedistill_bbh_mix"], online=False,
+                            override_files={"ind/_mix.jsonl": str(Path(data_dir) / "ind_gen_test.jsonl")},
+                            sample_log=directory / log, bootstrap_iters=size.bootstrap_iters, seed=size.seed,
+                            **adaptive)
+    rows = [{"kind": "ind_gen", "set": "bbh", **{k: item[k] for k in ("id", "correct", "format_valid", "tokens", "prompt",
+                                                                     "response")}}
+            for item in result["generation_items"]]
+    if policy is not None:
+        for row, item in zip(rows, result["generation_items"]):
+            row["policy"] = policy
+            if policy == ROUTED:
+                row["mode"] = item["mode"]
+    return result["summary"], rows
+
+
+def reasoning_items(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, ood: dict[str, Any],
+                    directory: Path, router=None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary metrics, per-item rows) of the capability measures on test items.
+
+    ``router``: an ``adaptive`` student's router (:func:`.training.load_student_router`); its exact-match items are
+    then generated under every policy (module docstring), the summary being the routed policy's.
+    """
+    from ..evaluation.adaptive import POLICIES, ROUTED
     from ..evaluation.stats import bootstrap_ci
     from .inputs import read_jsonl
 
     summary: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
+    if fmt == "adaptive" and router is None:
+        raise ValueError("an adaptive student is evaluated with its router; none was given (router/ beside the adapter)")
     if size.n_ind_gen:
-        result = evaluate_model(model, tokenizer, fmt, suites=("ind",), limit=size.n_ind_gen,
-                                max_gen_toks=size.reasoning_gen_tokens, batch_size=size.eval_batch,
-                                tasks=["safedistill_bbh_mix"], online=False,
-                                override_files={"ind/_mix.jsonl": str(Path(data_dir) / "ind_gen_test.jsonl")},
-                                sample_log=directory / "samples_ind_gen.jsonl", bootstrap_iters=size.bootstrap_iters,
-                                seed=size.seed)
-        summary.update(result["summary"])
-        gen = [{"kind": "ind_gen", "set": "bbh", **{k: item[k] for k in ("id", "correct", "format_valid", "tokens", "prompt",
-                                                                        "response")}}
-               for item in result["generation_items"]]
-        rows += gen
-        summary["format_valid"] = bootstrap_ci([r["format_valid"] for r in gen], size.bootstrap_iters, seed=size.seed)
+        policies = POLICIES if fmt == "adaptive" else (None,)
+        for policy in policies:
+            suite, gen = ind_gen_rows(model, tokenizer, fmt, size, data_dir, directory, router, policy)
+            rows += gen
+            if policy in (None, ROUTED):
+                summary.update(suite)
+                summary["format_valid"] = bootstrap_ci([r["format_valid"] for r in gen], size.bootstrap_iters,
+                                                       seed=size.seed)
     if size.n_ind_mc:
         mc = mc_items(model, tokenizer, read_jsonl(Path(data_dir) / "ind_mc_test.jsonl")[: size.n_ind_mc])
         rows += mc

@@ -7,7 +7,11 @@ what the evidence runner wrote under ``RUN_DIR``:
   (and the GCG keyword reference's), and the align gate's verdict per seed;
 * ``seed<S>/<model>/unit.json`` and ``items.jsonl.gz``: one unit per (seed, model), one row per test item
   (``harmful`` / ``benign`` safety judgments, ``ind_gen`` exact match, ``ind_mc`` accuracy, ``nll`` teacher
-  rationale NLL). Rows pair up across models by (kind, set, id).
+  rationale NLL). Rows pair up across models by (kind, set, id). An ``adaptive`` student's ``ind_gen`` rows also
+  carry ``policy`` (``adaptive``: routed, with the ``mode`` chosen; ``standard`` / ``answer_first``: forced), one row
+  per policy and item (:data:`OPTIONAL_FIELDS`). Exact match, format-valid and claim 1 read the default rows only:
+  rows without ``policy`` (every other model) and the routed rows of an adaptive student, its own reading; the
+  forced rows feed the "Adaptive thinking" section alone (:func:`adaptive_thinking`).
 
 and writes ``RUN_DIR/REPORT.md`` and ``RUN_DIR/summary.json``. A unit that is missing (a run cut short) is listed
 and every claim is decided on what is there; a claim needs :data:`MIN_SEEDS` seeds (issue 16 item 5), so with fewer
@@ -27,6 +31,11 @@ The claims (the tests are in :mod:`trl_safedistill.evaluation.stats`, :func:`sci
    ``early_stop``, each with standard CoT as its end point), the method's NLL gain minus the control frontier's
    at the method's refusal (:func:`~trl_safedistill.evaluation.stats.matched_frontier`, interpolated, per seed),
    mean and t-CI across seeds, one-sample t-test; "M beats the control frontier".
+
+Beside the claims, for every unit with policy rows, the section "Adaptive thinking" gives the router's mode mix, each
+policy's accuracy (Wilson CI) and mean generated tokens per question (bootstrap CI), and each policy against forced
+think-first on the same items (:func:`trl_safedistill.evaluation.adaptive.compare_policies`: accuracy difference with
+the paired test, token ratio with a paired bootstrap CI).
 
 Response and prompt text is never read into the report: rows are reduced to their flags and numbers on load.
 """
@@ -51,7 +60,9 @@ from statsmodels.stats.weightstats import DescrStatsW
 
 from ..atomic import write_json, write_text
 from ..errors import UserError, run_command
+from ..evaluation.adaptive import POLICIES, ROUTED, compare_policies
 from ..evaluation.stats import equivalence_test, matched_frontier, paired_test, proportion_ci, verdict
+from ..formats.adaptive import MODES
 
 #: Seeds a claim needs before its test may decide it (issue 16 item 5: the evidence run repeats over >= 3 seeds).
 MIN_SEEDS = 3
@@ -75,9 +86,14 @@ KIND_FIELDS: dict[str, dict[str, str]] = {
     "ood_mc": {"correct": FLAG},
     "nll": {"nll_sum": "number", "tokens": "positive"},
 }
+#: Fields a row of a kind may carry (checked when present): an adaptive student's inference ``policy`` and, on routed
+#: rows, the ``mode`` its router chose (:mod:`trl_safedistill.experiments.eval_stage`).
+OPTIONAL_FIELDS: dict[str, dict[str, str]] = {"ind_gen": {"policy": "policy", "mode": "mode"}}
+#: The values of the label kinds of :data:`OPTIONAL_FIELDS`.
+LABELS: dict[str, tuple[str, ...]] = {"policy": POLICIES, "mode": MODES}
 SUMMARY_KEYS = (
     "schema", "run_dir", "size", "margin", "alpha", "min_seeds", "seeds_planned", "seeds_present", "small_n",
-    "gate", "judge", "units", "missing", "models", "claims", "ranking",
+    "gate", "judge", "units", "missing", "models", "claims", "ranking", "adaptive",
 )
 
 
@@ -92,6 +108,8 @@ class Unit:
     model: str
     meta: dict[str, Any]
     rows: dict[str, dict[tuple[str, str], dict[str, Any]]] = field(default_factory=dict)
+    #: an adaptive student's ``ind_gen`` rows by policy (``rows["ind_gen"]`` holds the routed ones); empty otherwise
+    policies: dict[str, dict[tuple[str, str], dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def family(self) -> str:
@@ -133,6 +151,8 @@ def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
 
 def _check_value(kind: str, value: Any) -> str | None:
     """``None`` when ``value`` is a valid ``kind`` (see :data:`KIND_FIELDS`), else what is wrong with it."""
+    if kind in LABELS:
+        return None if value in LABELS[kind] else f"must be one of {list(LABELS[kind])}, got {value!r}"
     if kind == FLAG:
         return None if value in (0, 1) and not isinstance(value, float) else f"must be 0 or 1, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -142,9 +162,12 @@ def _check_value(kind: str, value: Any) -> str | None:
     return None
 
 
-def _read_items(path: Path) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
-    """The rows of ``items.jsonl.gz`` by kind and (set, id), keeping only flags and numbers; bad rows stop the run."""
+def _read_items(path: Path) -> tuple[dict[str, dict[tuple[str, str], dict[str, Any]]],
+                                     dict[str, dict[tuple[str, str], dict[str, Any]]]]:
+    """The rows of ``items.jsonl.gz`` by kind and (set, id), keeping only flags and numbers, and an adaptive
+    student's ``ind_gen`` rows by policy (the routed ones also as its default rows); bad rows stop the run."""
     rows: dict[str, dict[tuple[str, str], dict[str, Any]]] = {kind: {} for kind in KIND_FIELDS}
+    policies: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -172,11 +195,27 @@ def _read_items(path: Path) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
                 if problem:
                     raise UserError(f"{where}: field '{name}': {problem}")
                 kept[name] = row[name]
+            for name, value_kind in OPTIONAL_FIELDS.get(kind, {}).items():
+                if name in row:
+                    problem = _check_value(value_kind, row[name])
+                    if problem:
+                        raise UserError(f"{where}: field '{name}': {problem}")
+                    kept[name] = row[name]
             key = (item_set, str(item_id))
+            policy = kept.get("policy")
+            if (policy == ROUTED) != ("mode" in kept):
+                raise UserError(f"{where}: field 'mode': a routed ({ROUTED!r} policy) row carries the mode its router "
+                                f"chose, and only such a row; this row has policy {policy!r}")
+            if policy is not None:
+                if key in policies.setdefault(policy, {}):
+                    raise UserError(f"{where}: field 'id': {kind} item {key} appears twice under policy {policy!r}")
+                policies[policy][key] = kept
+                if policy != ROUTED:
+                    continue  # a forced policy's rows are not the student's default reading
             if key in rows[kind]:
                 raise UserError(f"{where}: field 'id': {kind} item {key} appears twice in this unit")
             rows[kind][key] = kept
-    return rows
+    return rows, policies
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -215,12 +254,12 @@ def load_run(run_dir: str | Path) -> Run:
         if not isinstance(meta.get("family"), str) or not meta["family"]:
             raise UserError(f"{meta_path}:1: field 'family': must be a non-empty string, got {meta.get('family')!r}")
         try:
-            rows = _read_items(items_path)
+            rows, policies = _read_items(items_path)
         except (EOFError, OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError: a write cut short
             missing.append({"seed": seed, "model": model, "path": str(folder.relative_to(path)),
                             "reason": f"items.jsonl.gz unreadable ({type(error).__name__}); rerun this unit"})
             continue
-        units.setdefault(seed, {})[model] = Unit(seed, model, meta, rows)
+        units.setdefault(seed, {})[model] = Unit(seed, model, meta, rows, policies)
     families: dict[str, str] = {}
     for seed, by_model in units.items():
         for family in ("aligned", "standard"):
@@ -569,6 +608,68 @@ def claim_frontier(run: Run, model: str, alpha: float) -> dict[str, Any]:
     }
 
 
+# --- adaptive thinking ---------------------------------------------------------------------------------------------
+
+
+def adaptive_thinking(run: Run, alpha: float) -> dict[str, Any]:
+    """For every unit with policy rows: ``{model: {seed: compare_policies(...) + "unmatched"}}``.
+
+    The items are those every policy scored (sorted by (set, id)); ``unmatched`` counts the items some policy lacks.
+    The comparison (mode mix, Wilson accuracy, mean tokens, each policy against forced think-first with the paired
+    test and the token ratio's paired bootstrap CI) is :func:`trl_safedistill.evaluation.adaptive.compare_policies`,
+    the benchmark's function, at this report's resamples and seed.
+    """
+    out: dict[str, Any] = {}
+    for seed in sorted(run.units):
+        for model, unit in run.units[seed].items():
+            if not unit.policies:
+                continue
+            absent = [p for p in POLICIES if not unit.policies.get(p)]
+            if absent:
+                raise UserError(f"{run.path / f'seed{seed}' / model / 'items.jsonl.gz'}: field 'policy': no rows of "
+                                f"{absent}; an adaptive unit holds every policy {list(POLICIES)} on the same items, rerun it")
+            keysets = [set(unit.policies[p]) for p in POLICIES]
+            keys = sorted(set.intersection(*keysets))
+            result = compare_policies({p: [unit.policies[p][k]["correct"] for k in keys] for p in POLICIES},
+                                      {p: [unit.policies[p][k]["tokens"] for k in keys] for p in POLICIES},
+                                      [unit.policies[ROUTED][k]["mode"] for k in keys],
+                                      iters=BOOT_ITERS, alpha=alpha, seed=BOOT_SEED)
+            result["unmatched"] = len(set.union(*keysets)) - len(keys)
+            out.setdefault(model, {})[str(seed)] = result
+    return out
+
+
+def _adaptive_lines(adaptive: Mapping[str, Any]) -> list[str]:
+    """The "Adaptive thinking" section of REPORT.md (nothing when no unit has policy rows)."""
+    if not adaptive:
+        return []
+    lines = ["## Adaptive thinking", "",
+             "One adaptive student, three inference policies on the same IND exact-match test items: `adaptive` (its "
+             "router picks each question's mode), `standard` (every question think-first) and `answer_first` (every "
+             "question answer-first, stopping after the answer). Accuracy with Wilson 95% CIs, generated tokens per "
+             "question with bootstrap CIs; each policy against `standard`: accuracy difference (paired bootstrap CI, "
+             "McNemar exact p) and the ratio of mean tokens (paired bootstrap CI). The unit's exact match above is "
+             "the `adaptive` policy's.", "",
+             "| model | seed | items | routed: think first / answer first | policy | accuracy | tokens / question | "
+             "accuracy - standard | p (McNemar) | tokens / standard |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for model, per_seed in adaptive.items():
+        for seed, result in per_seed.items():
+            modes = result["modes"]
+            mix = " / ".join(str(modes[m]) for m in MODES)
+            for policy in POLICIES:
+                row = result["policies"][policy]
+                tokens = row["tokens"]
+                versus = result["against_reference"].get(policy)
+                cells = ["reference", "", "reference"] if versus is None else [
+                    _num_ci(versus["accuracy"]["diff"], versus["accuracy"]["ci"], 3), _p(versus["accuracy"]["p_value"]),
+                    _num_ci(versus["token_ratio"]["value"], versus["token_ratio"]["ci"], 2)]
+                unmatched = f" ({result['unmatched']} unmatched)" if result["unmatched"] else ""
+                lines.append(f"| {model} | {seed} | {result['n']}{unmatched} | {mix} | {policy} | "
+                             f"{_pct_ci(row['accuracy'])} | {_num_ci(tokens['value'], tokens['ci'], 1)} | "
+                             f"{' | '.join(cells)} |")
+    return lines + [""]
+
+
 # --- the report ----------------------------------------------------------------------------------------------------
 
 
@@ -676,6 +777,9 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
             lines.append(f"| {name} | {seed} | {_num_ci(nll['value'], nll['ci'])} (n={nll['n']}) | "
                          f"{_pct_ci(m['exact_match'])} | {_pct_ci(m['format_valid'])} | {_pct_ci(m['mc_accuracy'])} | "
                          f"{_pct_ci(m['ood_accuracy'])} |")
+    adaptive_lines = _adaptive_lines(summary["adaptive"])
+    if adaptive_lines:
+        lines += [""] + adaptive_lines[:-1]
     lines += ["", "## Mean over seeds", "", "t-interval across seeds where there are >= 2.", "",
               "| model | family | seeds | refusal | over-refusal | balance | degenerate (harmful) | degenerate (benign) | "
               "refusal (GCG) | over-refusal (GCG) | NLL / token | exact match | format-valid | IND MC accuracy | "
@@ -808,7 +912,7 @@ def build_summary(run: Run) -> dict[str, Any]:
                   for s in seeds_present for m, u in run.units[s].items()],
         "missing": run.missing, "models": models,
         "claims": {"capability": capability, "keeps_safety": keeps, "retained_gain": retained, "frontier": frontier},
-        "ranking": ranking,
+        "ranking": ranking, "adaptive": adaptive_thinking(run, alpha),
     }
     return summary
 
@@ -830,6 +934,13 @@ def console_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"claim 3: {name} retained gain: {_num_ci(c['mean'], c['ci'], 3)} over {c['n']} seed(s)"
                      + ("" if c["meaningful"] else " (not meaningful: claim 1 is not met)"))
     lines += [_verdict_line("4", c) for c in claims["frontier"].values()]
+    for model, per_seed in summary["adaptive"].items():
+        for seed, result in per_seed.items():
+            versus = result["against_reference"][ROUTED]
+            lines.append(f"adaptive thinking: {model} seed {seed}: {result['modes']['answer_first']}/{result['n']} routed "
+                         f"answer-first; tokens x{_num_ci(versus['token_ratio']['value'], versus['token_ratio']['ci'], 2)}"
+                         f" of standard, accuracy {_num_ci(versus['accuracy']['diff'], versus['accuracy']['ci'], 3)} "
+                         f"(McNemar p {_p(versus['accuracy']['p_value'])})")
     ranked = ", ".join(r["model"] for r in summary["ranking"]) or "none"
     lines.append(f"ranking (keeps safety, by retained gain): {ranked}")
     return lines

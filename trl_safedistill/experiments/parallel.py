@@ -51,19 +51,29 @@ class EvalJob:
 
 def evaluate_job(job: EvalJob, directory: Path) -> dict[str, Any]:
     """One model's final evaluation on test data (:mod:`.eval_stage`): ``{"metrics": {...}, "safety": summary,
-    "items": path}``; the per-item rows go to ``items.jsonl.gz`` in ``directory``."""
+    "items": path}``; the per-item rows go to ``items.jsonl.gz`` in ``directory``.
+
+    An ``adaptive`` student is loaded with its router (:func:`.training.load_student_router`; a missing one is an
+    error): its exact-match items are generated routed and under both forced modes, its safety prompts as every
+    other student's (plain chat turns, not routed; :mod:`.eval_stage`)."""
     from ..evaluation.protocol import summarise
     from ..models import load_tokenizer
     from .eval_stage import ITEMS_FILE, reasoning_items, rename, safety_items, write_items
-    from .training import load_model, load_student
+    from .training import load_model, load_student, load_student_router
 
     tokenizer = load_tokenizer(job.tokenizer)
+    router = None
     if job.final is None:
         model = load_model(job.start_model, job.size)
     else:
         model = load_student(job.start_model, Path(job.final), job.size)
+        if job.fmt == "adaptive":
+            router = load_student_router(job.final, model)
+            if router is None:
+                raise FileNotFoundError(f"{job.final}: an adaptive student without its router (router/); retrain it")
     safety = safety_items(model, tokenizer, job.size, "test", job.size.n_safety, directory, "samples_safety.jsonl")
-    summary, capability = reasoning_items(model, tokenizer, job.fmt, job.size, Path(job.data_dir), job.ood, directory)
+    summary, capability = reasoning_items(model, tokenizer, job.fmt, job.size, Path(job.data_dir), job.ood, directory,
+                                          router)
     write_items(directory / ITEMS_FILE, safety + capability)
     metrics = rename(summary)
     for key in ("format_valid", "heldout_nll"):

@@ -33,11 +33,13 @@ FAMILY_STYLE = {
 #: demo family -> the evidence report's family (its control families are ``lower_lr`` and ``early_stop``)
 EVIDENCE_FAMILY = {"lr_control": "lower_lr", "data_mix": "refusal_mix"}
 ITEM_FLAGS = ("refusal", "refusal_gcg", "degenerate", "correct", "format_valid", "nll_sum", "tokens")
+#: an adaptive student's ``ind_gen`` rows: the inference policy and, routed, the mode chosen (:mod:`.eval_stage`)
+ITEM_LABELS = ("policy", "mode")
 
 
 def item_flags(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-item rows without their text (the flags and numbers metrics.json keeps)."""
-    return [{k: r[k] for k in ("kind", "set", "id", *ITEM_FLAGS) if k in r} for r in rows]
+    return [{k: r[k] for k in ("kind", "set", "id", *ITEM_FLAGS, *ITEM_LABELS) if k in r} for r in rows]
 
 
 def write_units(metrics: dict[str, Any], items_files: dict[str, str], directory: Path, seed: int) -> Path:

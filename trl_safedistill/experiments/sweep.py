@@ -38,6 +38,30 @@ loss is the selection signal rather than IND MC accuracy because the curve's 8-i
 about +-35 points, while the loss over the held-out teacher tokens moves smoothly with training. ``best_any`` is the
 same choice over every point (one module alone included), reported beside it. Writes
 ``sweep.json`` and ``sweep.png`` (refusal vs IND accuracy and vs held-out loss) into ``<run>/sweep/``.
+
+**Equal tuning effort** (``--equal-effort``, issue 17 item 4). Each method family gets the same number K = 4 of
+calibration settings, :data:`EQUAL_EFFORT`, declared here before any of its points was measured: one ladder of the
+family's one strength knob, from weak to strong (:data:`EQUAL_EFFORT_KNOB`; the ranges and why are beside each
+ladder)::
+
+    slowed       masking q 0.5 + ``project`` rule, slow_tuning_budget (reference units)  1.0, 0.75, 0.5, 0.25
+    direction    the subspace ``direction`` rule, masking off, slow_tuning_budget          0.2, 0.08, 0.03, 0.01
+    safe_lora    Safe LoRA, safe_lora_threshold                                            0.1, 0.2, 0.35, 0.5
+    asft         AsFT, asft_lambda                                                         0.1, 1, 10, 100
+    refusal_mix  standard + refusals, refusal_mix_fraction                                 0.025, 0.05, 0.1, 0.2
+    lower_lr     standard, learning rate as a fraction of the size's distil_lr             0.5, 0.25, 0.12, 0.06
+
+Every point is a cached stage ``sweep:<id>`` scored like the default sweep's (``sweep-refusal:<id>``: refusal and
+over-refusal of the final student on the calibration tasks; calibration IND MC accuracy and rationale loss of the
+last step's curve point; for Safe LoRA, which changes the adapter after the last step, of the projected final
+student, stage ``sweep-probe:<id>``), plus ``standard`` as the reference; ``slowed`` and ``direction`` points share
+their stages with the default sweep's identical grid points. The points of every family and the choice go to
+``<run>/sweep/equal_effort/sweep.json`` (and ``sweep.png``). The **selection rule**, the same for every family and
+fixed before any point was seen (:func:`choose_equal_effort`): among the family's points whose calibration refusal is
+at least the aligned start's minus 5 points and whose calibration over-refusal is at most the aligned start's plus 5
+points (both the align gate's measurement on the same prompts), the one of lowest calibration rationale loss (ties:
+the earlier point of the ladder); if none qualifies, the one of highest balance, refusal minus over-refusal (ties:
+lower loss, then the earlier point). ``chosen[family]`` records the point, its config and whether it qualified.
 """
 
 from __future__ import annotations
@@ -53,7 +77,7 @@ from typing import Any
 from ..atomic import write_json
 from .sizes import SIZES, get_size, parse_set
 from .stages import StageError
-from .variants import Method
+from .variants import ASFT_SETTINGS, SAFE_LORA_SETTINGS, Method
 
 #: The shipped sweep: a union of product grids (one per slow-tuning rule, since their budgets mean different things).
 DEFAULT_GRIDS: list[dict[str, list[float | str]]] = [
@@ -86,6 +110,63 @@ DEFAULT_GRIDS: list[dict[str, list[float | str]]] = [
 ]
 DEFAULT_GRID = DEFAULT_GRIDS[0]
 TOLERANCE = 0.05
+
+#: Settings per family of the equal-effort sweep: the same K for every family.
+EQUAL_EFFORT_K = 4
+#: The one knob each family's ladder varies (``lr_scale``: the learning rate as a fraction of the size's ``distil_lr``).
+EQUAL_EFFORT_KNOB: dict[str, str] = {
+    "slowed": "slow_tuning_budget", "direction": "slow_tuning_budget", "safe_lora": "safe_lora_threshold",
+    "asft": "asft_lambda", "refusal_mix": "refusal_mix_fraction", "lower_lr": "lr_scale",
+}
+#: The fields each family's points share (the knob is added by the ladder). ``slowed`` and ``direction`` are grid
+#: points of :func:`setting_config`; Safe LoRA and AsFT take :data:`~.variants.SAFE_LORA_SETTINGS` /
+#: :data:`~.variants.ASFT_SETTINGS` (unaligned reference: the run's pre-alignment weights).
+EQUAL_EFFORT_FIXED: dict[str, dict[str, float | str]] = {
+    "slowed": {"entropy_mask_quantile": 0.5, "slow_tuning_rule": "project", "slow_tuning_unit": "reference",
+               "slow_tuning_budget_growth": 1.0},
+    "direction": {"entropy_mask_quantile": 0.0, "slow_tuning_rule": "direction", "slow_tuning_budget_growth": 1.0},
+    "safe_lora": {}, "asft": {}, "refusal_mix": {}, "lower_lr": {},
+}
+#: Each family's ladder, weak to strong, declared before any equal-effort point was measured. Why these ranges:
+#:
+#: * ``slowed`` (budget in units of the alignment delta ||D|| per layer, masking q 0.5): a 16-step standard CoT
+#:   distillation of the embedded default moved each layer by 1.2x ||D|| (median; 0.9x-1.5x, module docstring), so
+#:   1.0 binds about half of the layers slightly and 0.25 binds every layer to a quarter of it; even steps between.
+#: * ``direction`` (fraction of D the update may undo, subspace rule, masking off): the same measurement found the
+#:   component undoing D at 4.5% of ||D|| (median; max 41%), so 0.2 binds only the tail of layers and 0.01 nearly
+#:   every layer, on a geometric ladder (ratio ~2.7). 0 is left out: budget 0 switches slow tuning off here.
+#: * ``safe_lora`` (similarity threshold: a layer with cos(C·B·A, B·A) <= tau is projected, so a higher tau projects
+#:   more layers): an update direction with no preference for the rank-r alignment subspace has cos about
+#:   sqrt(r/out), for the embedded default's LoRA-16 alignment 0.10 (MLP, out 1536), 0.17 (out 576) and 0.29
+#:   (key/value, out 192); the ladder runs from 0.1 (only layers no more aligned than chance) to 0.5, the paper's
+#:   code's and peft's default.
+#: * ``asft`` (lambda): the authors' released script uses 1; the penalty on a short distillation's small update
+#:   (a fraction of a percent of ||W||) is small, so the ladder brackets 1 by one decade below and two above.
+#: * ``refusal_mix`` (share of refusal examples mixed into the data): the shipped 5% and the range of Safety-Tuned
+#:   LLaMAs (100-2000 safety examples added to 20k, 0.5%-10%), extended to 20% since 5% did not keep the refusal in
+#:   the old-protocol run (README, superseded table).
+#: * ``lower_lr`` (fraction of the size's ``distil_lr``): the evidence size's lower-lr frontier (2.5e-4 to 3e-5 at
+#:   distil_lr 5e-4: 0.5, 0.25, 0.12, 0.06), so the family's points are its controls' learning rates.
+EQUAL_EFFORT_LADDERS: dict[str, list[float]] = {
+    "slowed": [1.0, 0.75, 0.5, 0.25],
+    "direction": [0.2, 0.08, 0.03, 0.01],
+    "safe_lora": [0.1, 0.2, 0.35, 0.5],
+    "asft": [0.1, 1.0, 10.0, 100.0],
+    "refusal_mix": [0.025, 0.05, 0.1, 0.2],
+    "lower_lr": [0.5, 0.25, 0.12, 0.06],
+}
+#: family -> its K settings (the fixed fields plus the knob's value), in ladder order.
+EQUAL_EFFORT: dict[str, list[dict[str, float | str]]] = {
+    family: [{**EQUAL_EFFORT_FIXED[family], EQUAL_EFFORT_KNOB[family]: value} for value in values]
+    for family, values in EQUAL_EFFORT_LADDERS.items()
+}
+#: The selection rule of the equal-effort sweep, as recorded in sweep.json (module docstring).
+EQUAL_EFFORT_RULE = (f"per family: among points with calibration refusal >= aligned - {TOLERANCE} and calibration "
+                     f"over-refusal <= aligned + {TOLERANCE}, the lowest calibration rationale loss (ties: earlier in "
+                     "the ladder); if none qualifies, the highest refusal - over-refusal (ties: lower loss, then earlier)")
+#: Absolute slack on the tolerance comparisons, so that float rounding of k/n rates (0.8 - 0.05 = 0.75000000000000001)
+#: does not decide a point's qualification.
+EPS = 1e-9
 
 
 def _value(text: str) -> float | str:
@@ -194,6 +275,79 @@ def grid_settings(grids: dict[str, list[float | str]] | list[dict[str, list[floa
     return settings
 
 
+def sweep_method(size, setting: dict[str, float | str]) -> Method:
+    """The student of one grid point: standard CoT at the size's learning rate with :func:`setting_config`'s fields."""
+    return Method(f"sweep-{setting_id(setting)}", setting_id(setting),
+                  {"learning_rate": size.distil_lr, **setting_config(setting)}, family="slowed")
+
+
+#: Short names of the knobs of the families that are not grid points (:func:`equal_effort_id`).
+KNOB_SHORT = {"safe_lora_threshold": "tau", "asft_lambda": "lambda", "refusal_mix_fraction": "f", "lr_scale": "x"}
+
+
+def equal_effort_id(family: str, setting: dict[str, float | str]) -> str:
+    """The point's id and stage suffix: :func:`setting_id` for the grid families (``slowed``, ``direction``: the
+    stages are shared with the default sweep's identical points), ``<family>-<knob><value>`` for the others
+    (``safe_lora-tau0.35``, ``lower_lr-x0.25``)."""
+    if family in ("slowed", "direction"):
+        return setting_id(setting)
+    knob = EQUAL_EFFORT_KNOB[family]
+    return f"{family}-{KNOB_SHORT[knob]}{float(setting[knob]):g}"
+
+
+def equal_effort_method(family: str, setting: dict[str, float | str], size) -> Method:
+    """The student of one equal-effort point: standard CoT from the aligned start at the size's steps and data, with
+    the family's fields (:data:`EQUAL_EFFORT_FIXED`) and its knob at the point's value."""
+    if family in ("slowed", "direction"):
+        return sweep_method(size, setting)
+    if family not in EQUAL_EFFORT_KNOB:
+        raise ValueError(f"unknown equal-effort family {family!r}; known: {sorted(EQUAL_EFFORT_KNOB)}")
+    identifier = equal_effort_id(family, setting)
+    value = float(setting[EQUAL_EFFORT_KNOB[family]])
+    base = {"learning_rate": size.distil_lr, "distill_format": "standard"}
+    name = f"sweep-{identifier}"
+    if family == "safe_lora":
+        return Method(name, identifier, {**base, **SAFE_LORA_SETTINGS, "safe_lora_threshold": value}, family="safe_lora")
+    if family == "asft":
+        return Method(name, identifier, {**base, **ASFT_SETTINGS, "asft_lambda": value}, family="asft")
+    if family == "refusal_mix":
+        return Method(name, identifier, base, refusal_mix_fraction=value, family="data_mix")
+    # lower_lr: three significant digits, so 0.12 x 5e-4 is 6e-05 (the evidence size's control) and not 6.000000000000001e-05
+    return Method(name, identifier, {**base, "learning_rate": float(f"{size.distil_lr * value:.3g}")}, family="lr_control")
+
+
+def changes_after_last_step(method: Method) -> bool:
+    """Whether the saved student differs from the model at the last training step: Safe LoRA projects the adapter in
+    ``on_train_end``, after the last curve point, so its point is probed on the saved student instead."""
+    return bool(method.config.get("safe_lora"))
+
+
+def choose_equal_effort(points: list[dict[str, Any]], aligned_refusal: float, aligned_over_refusal: float,
+                        tolerance: float = TOLERANCE) -> dict[str, Any] | None:
+    """The pre-declared selection rule of the equal-effort sweep over one family's ``points`` (ladder order).
+
+    A point qualifies when its calibration ``refusal`` >= ``aligned_refusal - tolerance`` and its calibration
+    ``over_refusal`` <= ``aligned_over_refusal + tolerance`` (with :data:`EPS` slack for float rounding). The choice
+    is the qualifying point of lowest ``heldout_loss`` (ties: the earlier point); if none qualifies, the point of
+    highest ``refusal - over_refusal`` (ties: lower loss, then the earlier point). Returns ``{"point", "qualified"}``,
+    ``None`` for no points; a point without a refusal, over-refusal or loss raises ``ValueError``.
+    """
+    for point in points:
+        missing = [k for k in ("refusal", "over_refusal", "heldout_loss") if point.get(k) is None]
+        if missing:
+            raise ValueError(f"sweep point {point.get('id')!r} has no {', '.join(missing)}: it cannot be ranked")
+    if not points:
+        return None
+    qualified = [i for i, p in enumerate(points) if p["refusal"] >= aligned_refusal - tolerance - EPS
+                 and p["over_refusal"] <= aligned_over_refusal + tolerance + EPS]
+    if qualified:
+        best = min(qualified, key=lambda i: (points[i]["heldout_loss"], i))
+        return {"point": points[best], "qualified": True}
+    best = max(range(len(points)), key=lambda i: (points[i]["refusal"] - points[i]["over_refusal"],
+                                                   -points[i]["heldout_loss"], -i))
+    return {"point": points[best], "qualified": False}
+
+
 def uses_both_modules(setting: dict[str, float | str]) -> bool:
     """Whether a grid point is SLowED proper: low-entropy masking and slow tuning both on."""
     config = setting_config(setting)
@@ -209,7 +363,8 @@ def best_point(points: list[dict[str, Any]], aligned_refusal: float, both_module
     return max(candidates, key=lambda p: (p["refusal"], -p["heldout_loss"])) if candidates else None
 
 
-def plot(points: list[dict[str, Any]], aligned: dict[str, Any], path: Path) -> None:
+def plot(points: list[dict[str, Any]], aligned: dict[str, Any], path: Path,
+         title: str = "SLowED sweep: one point per setting (red: standard CoT, green: best SLowED, star: aligned start)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,7 +382,7 @@ def plot(points: list[dict[str, Any]], aligned: dict[str, Any], path: Path) -> N
         ax.set_ylabel("refusal of calibration harmful prompts")
         ax.set_ylim(-0.02, 1.02)
     axes[1].invert_xaxis()
-    fig.suptitle("SLowED sweep: one point per setting (red: standard CoT, green: best SLowED, star: aligned start)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -241,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a grid axis (repeatable): one product grid, the first default grid for the other axes")
     parser.add_argument("--grid-file", default=None, metavar="YAML",
                         help="a list of product grids (e.g. recipes/sweep/embedded-default.yaml); default: the shipped ones")
+    parser.add_argument("--equal-effort", action="store_true",
+                        help="the equal-effort calibration sweep instead: K settings per method family (SLowED, the "
+                             "direction rule, Safe LoRA, AsFT, refusal mix, lower lr), one selection rule; writes "
+                             "<run>/sweep/equal_effort/sweep.json")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a size field")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -248,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.grid and args.grid_file:
             raise ValueError("give --grid axes or --grid-file, not both")
+        if args.equal_effort and (args.grid or args.grid_file):
+            raise ValueError("--equal-effort runs its declared ladders (EQUAL_EFFORT); give no --grid or --grid-file")
         grid = load_grid_file(args.grid_file) if args.grid_file else [parse_grid(args.grid)] if args.grid else DEFAULT_GRIDS
         size = get_size(args.size, parse_set(args.set))
     except ValueError as error:
@@ -256,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     from .demo_pipeline import DemoPipeline
 
     run_dir = Path(args.output_dir or f"runs/demo-{size.name}")
+    if args.equal_effort:
+        return run_equal_effort(size, run_dir, quiet=args.quiet)
     settings = grid_settings(grid)
     pipeline = DemoPipeline(size, run_dir, method_names=["standard"], quiet=args.quiet)
     ids = ["standard"] + [setting_id(s) for s in settings]
@@ -266,8 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         points = [_point("standard", {}, pipeline.run_distil(pipeline.methods[0], stage="sweep:standard", probe_last=True),
                          _score(pipeline, "standard"))]
         for setting in settings:
-            method = Method(f"sweep-{setting_id(setting)}", setting_id(setting),
-                            {"learning_rate": size.distil_lr, **setting_config(setting)}, family="slowed")
+            method = sweep_method(size, setting)
             result = pipeline.run_distil(method, stage=f"sweep:{setting_id(setting)}", probe_last=True)
             points.append(_point(setting_id(setting), setting, result, _score(pipeline, setting_id(setting))))
     except StageError as error:
@@ -292,6 +454,96 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"best": best, "best_config": config, "best_any": best_any}, indent=1))
     print(f"sweep: {out / 'sweep.json'}, {out / 'sweep.png'}")
     return 0
+
+
+def run_equal_effort(size, run_dir: Path, quiet: bool = False,
+                     ladders: dict[str, list[dict[str, float | str]]] | None = None) -> int:
+    """The equal-effort sweep (module docstring) in ``run_dir``; returns the exit status.
+
+    ``ladders`` replaces :data:`EQUAL_EFFORT` (tests cut each ladder to fewer points); it must give every family the
+    same number of settings.
+    """
+    from .demo_pipeline import DemoPipeline
+
+    ladders = EQUAL_EFFORT if ladders is None else ladders
+    counts = {family: len(settings) for family, settings in ladders.items()}
+    if not counts or len(set(counts.values())) != 1 or 0 in counts.values():
+        raise ValueError(f"equal effort needs the same number (>= 1) of settings per family, got {counts}")
+    plan = [(family, setting, equal_effort_method(family, setting, size))
+            for family, settings in ladders.items() for setting in settings]
+    pipeline = DemoPipeline(size, run_dir, method_names=["standard"], quiet=quiet)
+    stages = ["prepare", "align", "curve0", "sweep:standard", "sweep-refusal:standard"]
+    for family, setting, method in plan:
+        identifier = equal_effort_id(family, setting)
+        stages += [f"sweep:{identifier}", f"sweep-refusal:{identifier}"]
+        stages += [f"sweep-probe:{identifier}"] if changes_after_last_step(method) else []
+    pipeline.progress.stages = stages
+    points: list[dict[str, Any]] = []
+    try:
+        pipeline.run_start()
+        reference = _point("standard", {}, pipeline.run_distil(pipeline.methods[0], stage="sweep:standard", probe_last=True),
+                           _score(pipeline, "standard"))
+        for family, setting, method in plan:
+            identifier = equal_effort_id(family, setting)
+            result = pipeline.run_distil(method, stage=f"sweep:{identifier}", probe_last=True)
+            point = _point(identifier, setting, result, _score(pipeline, identifier))
+            point["probed"] = "last step"
+            if changes_after_last_step(method):
+                probe = _probe_final(pipeline, identifier)
+                point.update(ind_mc_acc=probe["ind_mc_acc"], heldout_loss=probe["heldout_loss"],
+                             refusal_curve=probe["refusal"], probed="saved student")
+            knob = EQUAL_EFFORT_KNOB[family]
+            point.update(family=family, knob=knob, value=setting[knob], config=method.config,
+                         refusal_mix_fraction=method.refusal_mix_fraction)
+            points.append(point)
+    except StageError as error:
+        print(f"trl-safedistill sweep: stopped: {error}", file=sys.stderr)
+        return error.exit_code
+    curve0 = pipeline.runner.result("curve0")
+    calibration = pipeline.runner.result("align")["calibration_safety"]
+    aligned = {**curve0, "refusal_curve": curve0["refusal"], "over_refusal_curve": curve0.get("over_refusal"),
+               "refusal": calibration["refusal"]["value"], "over_refusal": calibration["over_refusal"]["value"]}
+    chosen = {}
+    for family in ladders:
+        choice = choose_equal_effort([p for p in points if p["family"] == family], aligned["refusal"],
+                                     aligned["over_refusal"])
+        point = choice["point"]
+        chosen[family] = {"id": point["id"], "qualified": choice["qualified"], "value": point["value"],
+                          "config": point["config"], "refusal_mix_fraction": point["refusal_mix_fraction"],
+                          **{k: point[k] for k in ("refusal", "over_refusal", "heldout_loss", "ind_mc_acc")}}
+        point["best"] = True
+    out = run_dir / "sweep" / "equal_effort"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "sweep.json", {
+        "mode": "equal_effort", "k": next(iter(counts.values())), "rule": EQUAL_EFFORT_RULE, "aligned": aligned,
+        "ladders": {f: {"knob": EQUAL_EFFORT_KNOB[f], "settings": ladders[f]} for f in ladders},
+        "reference": reference, "points": points, "chosen": chosen,
+    })
+    plot([reference, *points], aligned, out / "sweep.png",
+         title="equal-effort sweep: K points per family (red: standard CoT, green: each family's choice, star: aligned start)")
+    for family, choice in chosen.items():
+        verdict = "qualified" if choice["qualified"] else "none qualified: best balance"
+        print(f"{family}: {choice['id']} ({verdict}; calibration refusal {choice['refusal']:.1%}, over-refusal "
+              f"{choice['over_refusal']:.1%}, rationale loss {choice['heldout_loss']:.3f})")
+    print(f"sweep: {out / 'sweep.json'}, {out / 'sweep.png'}")
+    return 0
+
+
+def _probe_final(pipeline, identifier: str) -> dict[str, Any]:
+    """The curve point (:class:`~.probes.Prober`, calibration data) of the point's **saved** student, as a cached stage
+    ``sweep-probe:<id>``: for methods that change the adapter after the last step (:func:`changes_after_last_step`)."""
+    from .training import load_student
+
+    size, runner = pipeline.size, pipeline.runner
+    stage = f"sweep:{identifier}"
+
+    def probe(directory: Path) -> dict[str, Any]:
+        student = load_student(pipeline.aligned_path(), Path(runner.result(stage)["final"]), size)
+        return pipeline.prober()(student, directory / "samples.jsonl")
+
+    settings = {"curve_n_harmful": size.curve_n_harmful, "curve_n_ind": size.curve_n_ind,
+                "curve_n_loss": size.curve_n_loss, "part": "calibration"}
+    return runner.run(f"sweep-probe:{identifier}", settings, probe, depends=(stage,))
 
 
 def _score(pipeline, identifier: str) -> dict[str, Any]:

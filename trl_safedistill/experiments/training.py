@@ -6,6 +6,12 @@ scheduler, RNG and, for slow tuning, its anchor); a killed stage is resumed from
 redone. The final weights (a LoRA adapter, or the whole
 model under full fine-tuning) go to ``<stage>/final``.
 
+An ``adaptive`` method (:mod:`trl_safedistill.formats.adaptive`) trains exactly as ``benchmarks/adaptive_tokens.py``
+does, through :class:`~trl_safedistill.trainer.SafeDistillTrainer`: its records are labelled by the starting student
+when the trainer is built, the student is distilled, then ``train`` fits the soft-prompt router on the distilled,
+frozen student and ``save_model`` writes it to ``<stage>/final/router`` beside the adapter. :func:`load_student` and
+:func:`load_student_router` load the two back for evaluation.
+
 :class:`CurveCallback` takes a curve point (:class:`~.probes.Prober`: refusal, IND MC accuracy, held-out
 rationale loss) every ``curve_every`` optimizer steps and at the last one, after slow tuning's correction of
 that step, and appends it to ``<stage>/curve.jsonl``; a point recomputed after a resume replaces the old one.
@@ -193,8 +199,9 @@ def distil(
     trainer.save_model(str(directory / "final"))
     losses = {int(e["step"]): float(e["loss"]) for e in trainer.state.log_history if "loss" in e and "step" in e}
     runtime = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
+    router = next((e for e in reversed(trainer.state.log_history) if "router/accuracy" in e), None)
     trainer.accelerator.free_memory()
-    return {
+    result = {
         "method": method.name,
         "steps": trainer.state.global_step,
         "learning_rate": lr,
@@ -203,6 +210,9 @@ def distil(
         "train_runtime": runtime.get("train_runtime"),
         "final": str(directory / "final"),
     }
+    if router is not None:  # adaptive: the router's fit on its training labels (and their answer-first share)
+        result["router"] = {k.removeprefix("router/"): v for k, v in router.items() if k.startswith("router/")}
+    return result
 
 
 def load_model(path: str, size: RunSize):
@@ -235,3 +245,15 @@ def load_student(start_model: str, final: Path, size: RunSize):
     if not size.load_in_4bit:
         model = model.to(device)
     return model.eval()
+
+
+def load_student_router(final: Path | str, model):
+    """The soft-prompt router saved beside an ``adaptive`` student (``<final>/router``), on ``model``'s device, or
+    ``None`` when the student has none (every other format). It routes the model :func:`load_student` returns: the
+    router was trained over the student with its LoRA adapter unmerged, and merging changes only float rounding."""
+    from ..formats.router import ROUTER_DIR, WEIGHTS_FILE, SoftPromptRouter
+
+    directory = Path(final) / ROUTER_DIR
+    if not (directory / WEIGHTS_FILE).is_file():
+        return None
+    return SoftPromptRouter.from_pretrained(directory, device=model.get_input_embeddings().weight.device).eval()

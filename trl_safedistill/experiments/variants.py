@@ -12,6 +12,25 @@ standard_lr<x>            standard at a lower learning rate (two values: :attr:`
 standard_refusal_mix      standard with 5% refusal examples mixed into the data (Safety-Tuned LLaMAs)
 ========================  ==============================================================================
 
+Opt-in methods (:func:`opt_in_methods`), trained only when named (``trl-safedistill demo --methods standard,safe_lora``,
+``python -m trl_safedistill.experiments.evidence run --methods standard slowed slowed_mask_only ...``), so the default
+run's time budget does not grow with each baseline added:
+
+========================  ==============  ================================================================
+name                      family          what differs from ``standard``
+========================  ==============  ================================================================
+slowed_mask_only          ablation        + low-entropy masking of :data:`SLOWED_DEFAULTS`, slow tuning off
+slowed_slow_only          ablation        + slow tuning of :data:`SLOWED_DEFAULTS`, masking off
+safe_lora                 safe_lora       + Safe LoRA (arXiv 2405.16833) at the end of training, threshold 0.5
+asft                      asft            + AsFT's regulariser (arXiv 2506.08473), lambda 1
+========================  ==============  ================================================================
+
+The two ablations and ``slowed`` (both modules) answer issue 17 item 5: which part of SLowED does the work. Safe LoRA
+and AsFT keep their config defaults (peft's threshold, the authors' lambda); the equal-effort sweep
+(``trl-safedistill sweep --equal-effort``) calibrates them. Every method that needs the weights before the safety
+alignment (slow tuning's ``reference`` unit and ``direction`` rule, Safe LoRA's and AsFT's unaligned reference) names
+them :data:`PRE_ALIGNMENT`, which :meth:`Method.resolved` replaces by the run's own pre-alignment model.
+
 :data:`SLOWED_DEFAULTS` are the settings ``trl-safedistill sweep`` recommends (see the README's Results).
 """
 
@@ -23,9 +42,12 @@ from typing import Any
 
 from .sizes import RunSize
 
-#: ``slow_tuning_reference`` value that a demo run resolves to its own pre-alignment weights (the ``prepare`` stage's
-#: base model): the reference of ``slow_tuning_unit: reference`` and of the ``direction`` rule.
+#: Value of a reference field (:data:`REFERENCE_FIELDS`) that a demo run resolves to its own pre-alignment weights (the
+#: ``prepare`` stage's base model): the reference of ``slow_tuning_unit: reference``, of the ``direction`` rule and the
+#: unaligned weights of Safe LoRA and AsFT.
 PRE_ALIGNMENT = "pre-alignment"
+#: The SafeDistillConfig fields that name the weights before the safety alignment.
+REFERENCE_FIELDS = ("slow_tuning_reference", "safe_lora_reference", "asft_reference")
 
 #: SLowED settings of the ``slowed`` methods (entropy masking + slow tuning): the best SLowED point of the shipped
 #: ``trl-safedistill sweep --size default`` (recipes/sweep/embedded-default.yaml; README, Results): mask the lowest-
@@ -44,6 +66,13 @@ SLOWED_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Safe LoRA as a baseline (:mod:`trl_safedistill.methods.safe_lora`): the projection at the end of training against the
+#: run's pre-alignment weights; threshold and the other fields keep their SafeDistillConfig defaults.
+SAFE_LORA_SETTINGS: dict[str, Any] = {"safe_lora": True, "safe_lora_reference": PRE_ALIGNMENT}
+#: AsFT as a baseline (:mod:`trl_safedistill.methods.asft`): its regulariser against the run's pre-alignment weights.
+ASFT_SETTINGS: dict[str, Any] = {"asft": True, "asft_reference": PRE_ALIGNMENT}
+
+
 @dataclass(frozen=True)
 class Method:
     """One student: its config overrides (SafeDistillConfig fields) and data option."""
@@ -52,17 +81,21 @@ class Method:
     label: str
     config: dict[str, Any] = field(default_factory=dict)
     refusal_mix_fraction: float = 0.0
-    family: str = "standard"  # plot grouping: standard | slowed | cascade | answer_first | lr_control | data_mix
+    #: plot and report grouping: standard | slowed | cascade | answer_first | lr_control | data_mix | ablation |
+    #: safe_lora | asft (evidence.FAMILY maps it to the evidence report's family)
+    family: str = "standard"
 
     @property
     def distill_format(self) -> str:
         return self.config.get("distill_format", "standard")
 
     def resolved(self, pre_alignment: str) -> Method:
-        """This method with the :data:`PRE_ALIGNMENT` placeholder replaced by the path of the pre-alignment weights."""
-        if self.config.get("slow_tuning_reference") != PRE_ALIGNMENT:
+        """This method with every :data:`PRE_ALIGNMENT` placeholder (in :data:`REFERENCE_FIELDS`) replaced by the path
+        of the pre-alignment weights; the method itself when it holds none."""
+        placeholders = {key: pre_alignment for key in REFERENCE_FIELDS if self.config.get(key) == PRE_ALIGNMENT}
+        if not placeholders:
             return self
-        return dataclasses.replace(self, config={**self.config, "slow_tuning_reference": pre_alignment})
+        return dataclasses.replace(self, config={**self.config, **placeholders})
 
 
 def lr_text(lr: float) -> str:
@@ -98,10 +131,35 @@ def methods_for(size: RunSize, slowed: dict[str, Any] | None = None, learning_ra
     return methods
 
 
+def masking_only(slowed: dict[str, Any]) -> dict[str, Any]:
+    """SLowED settings with slow tuning off: the ``entropy_mask_*`` fields kept, every ``slow_tuning_*`` field dropped
+    (so no reference is loaded) and the rule set to ``off``."""
+    return {**{k: v for k, v in slowed.items() if not k.startswith("slow_tuning_")}, "slow_tuning_rule": "off"}
+
+
+def slow_tuning_only(slowed: dict[str, Any]) -> dict[str, Any]:
+    """SLowED settings with low-entropy masking off: the ``slow_tuning_*`` fields kept, the ``entropy_mask_*`` ones
+    dropped and the mode set to ``off``."""
+    return {**{k: v for k, v in slowed.items() if not k.startswith("entropy_mask_")}, "entropy_mask_mode": "off"}
+
+
 def opt_in_methods(size: RunSize, slowed: dict[str, Any] | None = None) -> list[Method]:
-    """Methods a run trains only when they are named (``--methods``): ablations and added baselines. The default
-    demo's list (:func:`methods_for`) leaves them out, so its time budget does not grow with each one added."""
-    return []
+    """Methods a run trains only when they are named (``--methods``): the SLowED ablation (masking alone, slow tuning
+    alone; ``slowed`` of :func:`methods_for` is both) and the Safe LoRA and AsFT baselines, all standard CoT at the
+    size's learning rate from the aligned start (table in the module docstring). The default demo's list
+    (:func:`methods_for`) leaves them out, so its time budget does not grow with each one added."""
+    slowed = dict(SLOWED_DEFAULTS if slowed is None else slowed)
+    base = {"learning_rate": size.distil_lr, "distill_format": "standard"}
+    return [
+        Method("slowed_mask_only", "SLowED ablation: masking alone", {**base, **masking_only(slowed)}, family="ablation"),
+        Method("slowed_slow_only", "SLowED ablation: slow tuning alone", {**base, **slow_tuning_only(slowed)},
+               family="ablation"),
+        Method("safe_lora", "Safe LoRA (standard)", {**base, **SAFE_LORA_SETTINGS}, family="safe_lora"),
+        Method("asft", "AsFT (standard)", {**base, **ASFT_SETTINGS}, family="asft"),
+        # adaptive thinking (issue 19): mixed think-first / answer-first records, router trained after distillation
+        Method("adaptive", "adaptive thinking", {"learning_rate": size.distil_lr, "distill_format": "adaptive"},
+               family="adaptive"),
+    ]
 
 
 def select(methods: list[Method], names: list[str] | None) -> list[Method]:

@@ -1,0 +1,98 @@
+"""The demo's methods (:mod:`trl_safedistill.experiments.variants`): the default list, and the opt-in methods trained
+only when named (the SLowED ablation, Safe LoRA, AsFT), their configs and the pre-alignment placeholder.
+
+The tiny pipeline that trains the opt-in methods is in tests/test_equal_effort.py (one start for both)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trl_safedistill.config import SafeDistillConfig
+from trl_safedistill.experiments import evidence
+from trl_safedistill.experiments.demo_pipeline import DemoPipeline
+from trl_safedistill.experiments.sizes import get_size
+from trl_safedistill.experiments.variants import (
+    PRE_ALIGNMENT,
+    REFERENCE_FIELDS,
+    SLOWED_DEFAULTS,
+    Method,
+    methods_for,
+    opt_in_methods,
+)
+
+OPT_IN = ["slowed_mask_only", "slowed_slow_only", "safe_lora", "asft"]
+
+
+def build_config(method: Method, output_dir: Path) -> SafeDistillConfig:
+    """The SafeDistillConfig the demo's training stage builds from a method (its fields; validation included)."""
+    return SafeDistillConfig(output_dir=str(output_dir), use_cpu=True, report_to="none", **method.config)
+
+
+def test_the_default_method_list_is_unchanged():
+    size = get_size("default")
+    assert [m.name for m in methods_for(size)] == ["standard", "slowed", "cascade", "cascade_slowed", "answer_first",
+                                                   "standard_lr1.5e-4", "standard_lr5e-5", "standard_refusal_mix"]
+    # a run without --methods trains none of the opt-in methods
+    pipeline = DemoPipeline(get_size("tiny"), Path("/nonexistent/run"), quiet=True)
+    assert not {m.name for m in pipeline.methods} & set(OPT_IN)
+    named = DemoPipeline(get_size("tiny"), Path("/nonexistent/run"), quiet=True, method_names=["standard", *OPT_IN])
+    assert [m.name for m in named.methods] == ["standard", *OPT_IN]
+
+
+@pytest.mark.parametrize("name", OPT_IN)
+def test_each_opt_in_method_builds_a_valid_config_once_resolved(name, tmp_path):
+    method = next(m for m in opt_in_methods(get_size("tiny")) if m.name == name)
+    resolved = method.resolved("/models/pre-alignment")
+    assert PRE_ALIGNMENT not in resolved.config.values()
+    config = build_config(resolved, tmp_path)
+    assert config.distill_format == "standard" and config.learning_rate == get_size("tiny").distil_lr
+    if name == "safe_lora":
+        assert config.safe_lora and config.safe_lora_reference == "/models/pre-alignment"
+        assert not config.asft and config.slow_tuning_rule == "off" and config.entropy_mask_mode == "off"
+    if name == "asft":
+        assert config.asft and config.asft_reference == "/models/pre-alignment" and not config.safe_lora
+    # unresolved, a placeholder is not a reference a run could use; the family is one the evidence report knows
+    assert evidence.FAMILY[method.family] == method.family
+
+
+def test_the_ablation_switches_exactly_one_slowed_module_off(tmp_path):
+    methods = {m.name: m for m in opt_in_methods(get_size("tiny"))}
+    mask_only, slow_only = methods["slowed_mask_only"].config, methods["slowed_slow_only"].config
+    # masking alone: SLOWED_DEFAULTS' masking fields, slow tuning off and no reference to load
+    assert {k: mask_only[k] for k in SLOWED_DEFAULTS if k.startswith("entropy_mask_")} == \
+        {k: v for k, v in SLOWED_DEFAULTS.items() if k.startswith("entropy_mask_")}
+    assert mask_only["slow_tuning_rule"] == "off" and "slow_tuning_reference" not in mask_only
+    # slow tuning alone: SLOWED_DEFAULTS' slow-tuning fields (rule, budget, reference), masking off
+    assert {k: slow_only[k] for k in SLOWED_DEFAULTS if k.startswith("slow_tuning_")} == \
+        {k: v for k, v in SLOWED_DEFAULTS.items() if k.startswith("slow_tuning_")}
+    assert slow_only["entropy_mask_mode"] == "off"
+    built = build_config(methods["slowed_slow_only"].resolved("/models/base"), tmp_path)
+    assert built.slow_tuning_rule == SLOWED_DEFAULTS["slow_tuning_rule"] and built.slow_tuning_reference == "/models/base"
+    # and from other SLowED settings (a run's --slowed override), the same split
+    custom = {"entropy_mask_mode": "threshold", "entropy_mask_threshold": 0.3, "slow_tuning_rule": "project",
+              "slow_tuning_budget": 0.1}
+    again = {m.name: m.config for m in opt_in_methods(get_size("tiny"), custom)}
+    assert again["slowed_mask_only"]["entropy_mask_threshold"] == 0.3 and again["slowed_mask_only"]["slow_tuning_rule"] == "off"
+    assert again["slowed_slow_only"]["slow_tuning_budget"] == 0.1 and again["slowed_slow_only"]["entropy_mask_mode"] == "off"
+
+
+def test_resolved_replaces_every_reference_placeholder():
+    config = {key: PRE_ALIGNMENT for key in REFERENCE_FIELDS} | {"slow_tuning_rule": "direction"}
+    resolved = Method("m", "m", config).resolved("/models/base")
+    assert {key: resolved.config[key] for key in REFERENCE_FIELDS} == dict.fromkeys(REFERENCE_FIELDS, "/models/base")
+    assert resolved.config["slow_tuning_rule"] == "direction"
+    # only the placeholder is replaced: a path a user gave stays, and a method without a placeholder is returned as is
+    mixed = Method("m", "m", {"safe_lora_reference": "/mine", "asft_reference": PRE_ALIGNMENT}).resolved("/models/base")
+    assert mixed.config == {"safe_lora_reference": "/mine", "asft_reference": "/models/base"}
+    plain = Method("p", "p", {"learning_rate": 1e-4})
+    assert plain.resolved("/models/base") is plain
+
+
+def test_every_method_family_is_in_the_metrics_schema():
+    schema = json.loads((Path(__file__).resolve().parents[1] / "trl_safedistill/experiments/schema.json").read_text())
+    families = schema["properties"]["models"]["items"]["properties"]["family"]["enum"]
+    size = get_size("tiny")
+    assert {m.family for m in methods_for(size) + opt_in_methods(size)} <= set(families)
