@@ -3,7 +3,7 @@
 ``tests/multiprocess_worker.py`` trains every method (formats ``standard``, ``cascade``, ``answer_first``; a model
 that takes no loss kwargs, so Trainer passes ``num_items_in_batch=None``; low-entropy masking in both modes, with
 and without gradient accumulation; slow tuning's ``project`` (LoRA), ``scale`` (full fine-tuning) and
-``direction`` (LoRA, against a reference)) for 2 SGD steps on a global batch of 4 sequences: once as
+``direction`` (LoRA, against a reference); the safety monitor checking at every step) for 2 SGD steps on a global batch of 4 sequences: once as
 ``2 processes x 2 sequences`` (``x 1 sequence x 2 accumulation steps`` for the ``_GA`` cases), launched once with
 ``recipes/accelerate/ddp_cpu.yaml``, and once as ``1 process x 4 sequences``.
 
@@ -11,7 +11,9 @@ Tolerance: the logged loss of each step, slow tuning's drift and the final train
 ``rtol=1e-4`` (weights also ``atol=1e-6``): float32 on both sides, the only difference being the order of the
 sums (gloo's all-reduce of the two ranks' gradients against one process's batch). A gradient off by the world
 size (the defect this test was written against) moves the step-2 loss and the weights by far more; so does a
-masking threshold taken per micro-batch instead of per step. Both ranks end with identical weights.
+masking threshold taken per micro-batch instead of per step. Both ranks end with identical weights. The safety
+monitor's logged checks (refusal, over-refusal, degenerate share, judge; not their seconds) are equal on both ranks
+and to the one-process run's: greedy generation on equal weights, the main rank's numbers broadcast.
 """
 
 from __future__ import annotations
@@ -109,6 +111,12 @@ def test_two_processes_match_one_process_on_the_same_global_batch(runs, case):
         # step 1 masks some tokens and keeps others (after it, a fixed threshold may mask none: entropies grew)
         assert 0 < metrics["entropy_mask/masked_fraction"][0] < 1
         assert 0 < two["metrics"]["entropy_mask/masked_fraction"][0] < 1
+    if case == "monitor":  # a check at steps 0, 1, 2 on both ranks, equal to the one-process run's
+        assert [entry["step"] for entry in one["safety"]] == [0, 1, 2]
+        assert two["safety"] == one["safety"] and other_rank["safety"] == two["safety"]
+        assert one["safety"][0]["safety/judge"] == "refusal-v1"
+    else:
+        assert one["safety"] == []
     if case.startswith("slow_"):
         assert sum(metrics["slow_tuning/projections_step"]) > 0  # the rule acted
         assert two["metrics"]["slow_tuning/projections_step"] == metrics["slow_tuning/projections_step"]

@@ -14,8 +14,9 @@ one whose every line is invalid JSON, so that any read of it raises:
 
 Everything else (the model, the archives, the calibration and align parts, the IND/OOD suites) is a symlink to the
 real cache, so the run is the real one. On that cache the tiny pipeline's start (``prepare``, ``align`` with its gate,
-``curve0``), one distillation that probes its curve to the last step, and the sweep's scoring of it
-(:func:`trl_safedistill.experiments.sweep._score`) succeed; then the final evaluation (``eval:aligned``'s
+``curve0``), one distillation that probes its curve to the last step, the sweep's scoring of it
+(:func:`trl_safedistill.experiments.sweep._score`) and the equal-effort sweep's probe of its saved student
+(``_probe_final``) succeed; then the final evaluation (``eval:aligned``'s
 :func:`~trl_safedistill.experiments.parallel.evaluate_job`) and the readers it uses fail on each poisoned file, which
 shows the poison was live.
 """
@@ -95,7 +96,8 @@ def started(poisoned_cache, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("isolation") / "run"
     pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=["standard"], quiet=True)
-    pipeline.progress.stages = ["prepare", "align", "curve0", "sweep:standard", "sweep-refusal:standard"]
+    pipeline.progress.stages = ["prepare", "align", "curve0", "sweep:standard", "sweep-refusal:standard",
+                                "sweep-probe:standard"]
     prepare = pipeline.stage_prepare
 
     def prepare_then_poison(directory: Path):
@@ -109,6 +111,7 @@ def started(poisoned_cache, tmp_path_factory):
     pipeline.run_start()
     train = pipeline.run_distil(pipeline.methods[0], stage="sweep:standard", probe_last=True)
     score = sweep._score(pipeline, "standard")
+    score["probe"] = sweep._probe_final(pipeline, "standard")  # the equal-effort sweep's probe of a saved student
     return pipeline, train, score
 
 
@@ -137,6 +140,7 @@ def test_the_gate_the_curves_and_the_sweep_run_without_reading_a_test_file(poiso
     # the sweep's score is the gate's measurement on the trained student
     assert score["n"] == gate["n_harmful"] and 0.0 <= score["refusal"] <= 1.0
     assert logged_tasks(r.stage_dir("sweep-refusal:standard") / "samples.jsonl") == calibration
+    assert score["probe"]["n_loss"] == size.curve_n_loss and score["probe"]["n_harmful"] == size.curve_n_harmful
     for path in poisoned + [r.stage_dir("prepare") / name for name in RUN_TEST_FILES]:
         assert path.read_text().startswith(MARKER), path  # still the poison: nothing rebuilt the file
 

@@ -227,6 +227,9 @@ def test_end_to_end_with_plain_sft_trainer_and_the_default_judge(tmp_path, tiny_
     logged = checks_in_log(trainer.state.log_history)
     assert sorted(logged) == [0, 2, 4]
     assert logged[0]["safety/judge"] == "refusal-v1"
+    # the training loss keeps its row at every logging step, checked steps included (a check logs through
+    # CallbackHandler.on_log, which clears the step's should_log flag unless the monitor puts it back)
+    assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [1, 2, 3, 4]
     for entry in logged.values():
         assert 0.0 <= entry["safety/refusal"] <= 1.0 and 0.0 <= entry["safety/over_refusal"] <= 1.0
         assert 0.0 <= entry["safety/degenerate"] <= 1.0 and entry["safety/check_seconds"] > 0

@@ -425,8 +425,14 @@ class SafetyMonitorCallback(TrainerCallback, ExportableState):
 
     def _log(self, logs: dict[str, Any]) -> None:
         # transformers' own Trainer.log: log_history and every reporter, without TRL's averaging of its buffered
-        # training metrics into this row (that would move their logging window)
+        # training metrics into this row (that would move their logging window). Trainer.log goes through
+        # CallbackHandler.on_log, which clears control.should_log: called from on_step_end, after the flow callback
+        # asked for this step's loss row, it would drop that row (and fold its loss into the next window); so the
+        # flag is put back as it was.
+        control = self.trainer.control
+        should_log = control.should_log
         Trainer.log(self.trainer, dict(logs))
+        self.trainer.control.should_log = should_log
 
     def _record(self, args, state, row: dict[str, Any], samples=None) -> None:
         self.rows.append(row)
