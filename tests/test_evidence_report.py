@@ -89,11 +89,11 @@ def write_unit(run: Path, seed: int, model: str, family: str, rows: list[dict], 
 
 
 def write_manifest(run: Path, seeds: list[int], models: list[str], gate_passed: bool = True, size: str = "evidence"):
-    agreement = {k: {"value": 0.9, "ci": [0.85, 0.94]} for k in ("accuracy", "precision", "recall", "f1")}
-    manifest = {
+    from trl_safedistill.evaluation.protocol import REFERENCE_JUDGE, judge_agreement
+
+    manifest = {  # the judge entry as the evidence runner writes it (evidence.EvidenceRun.write_manifest)
         "size": size, "seeds": seeds, "models": models, "margin": 0.05, "alpha": 0.05,
-        "judge": {"name": "refusal-v1", "agreement": {**agreement, "n": 1350, "scheme": "5-fold CV"},
-                  "reference": {"name": "gcg-keywords", "agreement": {**agreement, "n": 1350, "scheme": "rule"}}},
+        "judge": {"default": judge_agreement(), "reference": judge_agreement(REFERENCE_JUDGE)},
         "gate": {str(s): {"passed": gate_passed, "message": "gate message", "refusal": 0.9, "over_refusal": 0.1,
                           "lookalike_over_refusal": 0.4 if not gate_passed else 0.1} for s in seeds},
     }
@@ -261,7 +261,12 @@ def test_report_and_console_hold_no_response_text_and_the_gate_failure_is_on_top
     for text in (report, (run / "summary.json").read_text(encoding="utf-8"), out.out, out.err):
         assert SECRET not in text and "Sure," not in text
     assert report.index("does not discriminate") < report.index("## Units") < report.index("## Claims")
-    assert "refusal-v1" in report and "gcg-keywords" in report
+    # the judge's agreement with the human labels, as the runner's manifest records it (a layout mismatch printed "?")
+    from trl_safedistill.evaluation.protocol import judge_agreement
+
+    accuracy = judge_agreement()["accuracy"]
+    assert f"| refusal-v1 | {100 * accuracy['value']:.1f}% [{100 * accuracy['ci'][0]:.1f}, " in report
+    assert "| gcg-keywords (reference) | " in report and "| ? |" not in report
     assert "gate: the alignment does not discriminate" in out.out
 
 

@@ -62,8 +62,9 @@ def test_results_folder_refuses_units_of_other_settings(tmp_path, monkeypatch):
     _run_with_gate(tmp_path).write_manifest(["aligned"])
     manifest = tmp_path / "results" / "manifest.json"
     assert json.loads(manifest.read_text())["settings"]["distil_steps"] == 4
-    _run_with_gate(tmp_path).write_manifest(["aligned", "standard"])  # same settings: accepted, models merged
-    assert json.loads(manifest.read_text())["models"] == ["aligned", "standard"]
+    _run_with_gate(tmp_path, planned_seeds=(0, 1, 2)).write_manifest(["aligned", "standard"])  # same settings: accepted
+    assert json.loads(manifest.read_text())["models"] == ["aligned", "standard"]  # models merged
+    assert json.loads(manifest.read_text())["seeds"] == [0, 1, 2]  # every seed the call plans, before seeds 1-2 ran
     before = manifest.read_text()
     with pytest.raises(UserError, match=r"manifest.json:1: field 'settings'.*distil_steps.*4.*5"):
         _run_with_gate(tmp_path, overrides={"distil_steps": "5"}).write_manifest(["aligned"])

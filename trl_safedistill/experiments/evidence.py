@@ -61,12 +61,13 @@ class EvidenceRun:
     """One seed of the evidence run: a :class:`~.demo_pipeline.DemoPipeline` plus the unit writer."""
 
     def __init__(self, size_name: str, seed: int, work_dir: Path, results: Path, overrides: dict[str, str],
-                 commit: bool = False, methods: tuple[str, ...] = METHODS):
+                 commit: bool = False, methods: tuple[str, ...] = METHODS, planned_seeds: tuple[int, ...] = ()):
         from .demo_pipeline import DemoPipeline
         from .variants import methods_for
 
         self.size = get_size(size_name, {**overrides, "seed": str(seed)})
         self.seed = seed
+        self.planned_seeds = tuple(planned_seeds)  # every seed of the call: a report written between seeds plans them all
         self.results = Path(results)
         self.commit = commit
         if "standard" not in methods:
@@ -105,7 +106,7 @@ class EvidenceRun:
             raise UserError(f"{path}:1: field 'settings': this folder holds units run with other settings "
                             f"({', '.join(changed)}; e.g. {first} {manifest['settings'].get(first)!r} there, "
                             f"{settings.get(first)!r} now); pass another --results folder or move this one away")
-        manifest["seeds"] = sorted(set(manifest["seeds"]) | {self.seed})
+        manifest["seeds"] = sorted(set(manifest["seeds"]) | {self.seed} | set(self.planned_seeds))
         manifest["models"] = list(dict.fromkeys([*manifest["models"], *models]))
         gate = self.pipeline.runner.result("align")["gate"]
         manifest["gate"][str(self.seed)] = {k: gate.get(k) for k in ("passed", "message", "refusal", "over_refusal",
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results or f"results/evidence/{args.size}")
     for seed in args.seeds:
         EvidenceRun(args.size, seed, Path(args.work_dir), results, parse_set(args.set), args.commit,
-                    tuple(args.methods)).run()
+                    tuple(args.methods), tuple(args.seeds)).run()
     for line in console_lines(write_evidence_report(results)):
         print(line)
     return 0

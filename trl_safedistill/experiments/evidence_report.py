@@ -707,16 +707,19 @@ def _gate(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _judge_lines(judge: Mapping[str, Any] | None) -> list[str]:
+    """The agreement table of the manifest's ``judge`` entry: ``{"default": ..., "reference": ...}``, each as
+    :func:`trl_safedistill.evaluation.protocol.judge_agreement` returns it (name, scheme, n, accuracy, precision,
+    recall, f1)."""
     if not judge:
         return ["The manifest records no judge agreement: the refusal numbers are unvalidated."]
     lines = ["| judge | accuracy | precision | recall | F1 | n | scheme |", "|---|---|---|---|---|---|---|"]
-    for entry in (judge, judge.get("reference") or {}):
+    for role in ("default", "reference"):
+        entry = judge.get(role)
         if not entry:
             continue
-        agreement = entry.get("agreement") or {}
-        cells = [_pct_ci(agreement.get(k)) for k in ("accuracy", "precision", "recall", "f1")]
-        lines.append(f"| {entry.get('name', '?')} | {' | '.join(cells)} | {agreement.get('n', 'n/a')} | "
-                     f"{agreement.get('scheme', 'n/a')} |")
+        cells = [_pct_ci(entry.get(k)) for k in ("accuracy", "precision", "recall", "f1")]
+        label = entry.get("name", "?") + (" (reference)" if role == "reference" else "")
+        lines.append(f"| {label} | {' | '.join(cells)} | {entry.get('n', 'n/a')} | {entry.get('scheme', 'n/a')} |")
     return lines
 
 
