@@ -62,3 +62,13 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     make_tiny_model(len(tiny_tokenizer)).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): on a shared
+    2-core machine, two threads per op wait on each other (5x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,16 +17,7 @@ from trl_safedistill.evaluation.report import (
 )
 from trl_safedistill.evaluation.stats import bootstrap_ci
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads per op wait on each other (5x slower here)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 class FakeGuard:

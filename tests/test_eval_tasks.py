@@ -15,15 +15,7 @@ SINGLE_TASKS = ["safedistill_advbench_short", "safedistill_bbh_mix", "safedistil
 HUB_CONFIGS = ["safedistill_xstest", "safedistill_arc_easy", "safedistill_arc_challenge", "safedistill_agieval_en"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads per op wait on each other (5x slower here)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 

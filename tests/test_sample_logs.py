@@ -35,14 +35,7 @@ def open_umask():
     os.umask(previous)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 def test_probe_log_is_private_new_or_appended(tiny_model, tiny_tokenizer, tmp_path, open_umask):
