@@ -21,6 +21,7 @@ from trl_safedistill.evaluation.stats import (
     matched_frontier,
     paired_test,
     proportion_ci,
+    safer_control_point,
     verdict,
 )
 
@@ -284,3 +285,14 @@ def test_frontier_uses_the_monotone_envelope_and_drops_dominated_points():
     assert matched_frontier([(0.6, 0.2), *LR_FAMILY], 0.6)["capability"] == pytest.approx(0.6)
     # a dominated point does not extend the bracket
     assert matched_frontier([(0.3, 0.5), (0.6, 0.6), (0.9, 0.4)], 0.4) is None
+
+
+def test_safer_control_point_is_the_least_refusing_envelope_point_only_below_the_range():
+    # (0.3, 0.5) is dominated by (0.6, 0.6): the envelope starts at 0.6, so 0.4 is below its range
+    points = [(0.3, 0.5), (0.6, 0.6), (0.9, 0.4)]
+    assert safer_control_point(points, 0.4) == (0.6, 0.6)
+    assert safer_control_point(LR_FAMILY, 0.35) == (0.4, 0.70)
+    assert safer_control_point(LR_FAMILY, 0.4) is None  # inside: matched_frontier interpolates
+    assert safer_control_point(LR_FAMILY, 0.95) is None  # above the range: no safer point exists
+    with pytest.raises(ValueError, match="no \\(refusal, capability\\) points"):
+        safer_control_point([], 0.5)

@@ -27,7 +27,8 @@ each a thin wrapper of statsmodels / scipy with the formula and a reference in i
   McNemar's exact test;
 - :func:`equivalence_test`: "keeps safety" across seeds, TOST of the mean per-seed difference against +-margin;
 - :func:`verdict`: met / not met / undecided from one of those results, by a written rule;
-- :func:`matched_frontier`: a control family's capability at a target refusal, on its monotone envelope.
+- :func:`matched_frontier`: a control family's capability at a target refusal, on its monotone envelope
+  (:func:`frontier_envelope`); :func:`safer_control_point`: the one comparison left below the envelope's range.
 """
 
 from __future__ import annotations
@@ -300,28 +301,18 @@ def verdict(
     return {"verdict": "undecided", "rule": rule, "reason": f"{shown}: the CI crosses the margin"}
 
 
-def matched_frontier(points: Sequence[Sequence[float]], target: float) -> dict | None:
-    """A control family's capability at refusal ``target``, interpolated on its monotone envelope; ``None`` outside.
+def frontier_envelope(points: Sequence[Sequence[float]]) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """The monotone (Pareto) envelope of a control family's (refusal, capability) ``points``, and the dominated rest.
 
-    ``points`` are the (refusal, capability) pairs of one control family (e.g. learning rates 5e-5 ... 5e-4, or the
-    early-stopped checkpoints of standard CoT). The family is read at its best: first the monotone (Pareto) envelope
-    is taken, the points that no other point beats on both axes (a point with refusal >= and capability >=, one of
-    them strictly, dominates it; of equal refusals the most capable stays), so along the envelope capability falls
-    as refusal rises. Then the capability at ``target`` is linear interpolation (``numpy.interp``) between the two
-    envelope points that bracket it::
-
-        c = c_lo + (target - r_lo) / (r_hi - r_lo) * (c_hi - c_lo),   r_lo <= target <= r_hi
-
-    (a point at exactly ``target`` gives its own capability). A target below the envelope's lowest refusal or above
-    its highest returns ``None``: nothing is extrapolated, and a dominated point does not extend the bracket.
-    Returns ``{"target", "capability", "lower": (r_lo, c_lo), "upper": (r_hi, c_hi), "envelope": [...],
-    "dominated": [...]}``. An empty list or a non-finite value is an error.
+    A point with refusal >= and capability >= another's, one of them strictly, dominates it; of equal refusals the
+    most capable stays. The envelope is returned refusal rising, capability falling. An empty list or a non-finite
+    value is an error.
     """
     pairs = [(float(p[0]), float(p[1])) for p in points]
     if not pairs:
-        raise ValueError("matched_frontier: no (refusal, capability) points")
-    if not all(math.isfinite(r) and math.isfinite(c) for r, c in pairs) or not math.isfinite(float(target)):
-        raise ValueError("matched_frontier: a refusal, capability or the target is NaN or infinite")
+        raise ValueError("frontier_envelope: no (refusal, capability) points")
+    if not all(math.isfinite(r) and math.isfinite(c) for r, c in pairs):
+        raise ValueError("frontier_envelope: a refusal or capability is NaN or infinite")
     envelope: list[tuple[float, float]] = []
     dominated: list[tuple[float, float]] = []
     for refusal, capability in sorted(pairs, key=lambda p: (-p[0], -p[1])):  # safest first, best of a tie first
@@ -330,6 +321,28 @@ def matched_frontier(points: Sequence[Sequence[float]], target: float) -> dict |
         else:
             envelope.append((refusal, capability))
     envelope.reverse()  # refusal rising, capability falling
+    return envelope, dominated
+
+
+def matched_frontier(points: Sequence[Sequence[float]], target: float) -> dict | None:
+    """A control family's capability at refusal ``target``, interpolated on its monotone envelope; ``None`` outside.
+
+    ``points`` are the (refusal, capability) pairs of one control family (e.g. learning rates 5e-5 ... 5e-4, or the
+    early-stopped checkpoints of standard CoT). The family is read at its best: first the monotone envelope
+    (:func:`frontier_envelope`), so along the envelope capability falls as refusal rises. Then the capability at
+    ``target`` is linear interpolation (``numpy.interp``) between the two envelope points that bracket it::
+
+        c = c_lo + (target - r_lo) / (r_hi - r_lo) * (c_hi - c_lo),   r_lo <= target <= r_hi
+
+    (a point at exactly ``target`` gives its own capability). A target below the envelope's lowest refusal or above
+    its highest returns ``None``: nothing is extrapolated, and a dominated point does not extend the bracket (see
+    :func:`safer_control_point` for the one comparison left below the range).
+    Returns ``{"target", "capability", "lower": (r_lo, c_lo), "upper": (r_hi, c_hi), "envelope": [...],
+    "dominated": [...]}``. An empty list or a non-finite value is an error.
+    """
+    if not math.isfinite(float(target)):
+        raise ValueError("matched_frontier: the target is NaN or infinite")
+    envelope, dominated = frontier_envelope(points)
     refusals = np.array([r for r, _ in envelope])
     capabilities = np.array([c for _, c in envelope])
     target = float(target)
@@ -345,3 +358,19 @@ def matched_frontier(points: Sequence[Sequence[float]], target: float) -> dict |
         "envelope": envelope,
         "dominated": dominated,
     }
+
+
+def safer_control_point(points: Sequence[Sequence[float]], target: float) -> tuple[float, float] | None:
+    """Below a frontier's range: the envelope point that refuses least, if it refuses at least ``target``.
+
+    When a method refuses less than every envelope point of a control family, :func:`matched_frontier` cannot
+    interpolate. One comparison stays valid without extrapolating: the envelope's least-refusing point
+    ``(r_0, c_0)`` refuses at least as often as the method (``r_0 >= target``); if it is also more capable
+    (``c_0 > c``), the method is dominated by a measured control point, which is evidence *against* "beats the
+    frontier" (never for it: a method that is more capable there also refuses less). ``None`` when ``target``
+    lies inside or above the envelope's range.
+    """
+    envelope, _ = frontier_envelope(points)
+    if not math.isfinite(float(target)):
+        raise ValueError("safer_control_point: the target is NaN or infinite")
+    return envelope[0] if float(target) < envelope[0][0] else None

@@ -30,7 +30,10 @@ The claims (the tests are in :mod:`trl_safedistill.evaluation.stats`, :func:`sci
 4. ``frontier``: for each method (a family that is not a control) and each control family (``lower_lr``,
    ``early_stop``, each with standard CoT as its end point), the method's NLL gain minus the control frontier's
    at the method's refusal (:func:`~trl_safedistill.evaluation.stats.matched_frontier`, interpolated, per seed),
-   mean and t-CI across seeds, one-sample t-test; "M beats the control frontier".
+   mean and t-CI across seeds, one-sample t-test; "M beats the control frontier". A method that refuses less than
+   every envelope point is compared with the least-refusing one
+   (:func:`~trl_safedistill.evaluation.stats.safer_control_point`): an upper bound on the matched difference, so
+   such seeds can make the claim "not met" (dominated by a measured, at least as safe control) but never "met".
 
 Beside the claims, for every unit with policy rows, the section "Adaptive thinking" gives the router's mode mix, each
 policy's accuracy (Wilson CI) and mean generated tokens per question (bootstrap CI), and each policy against forced
@@ -61,7 +64,14 @@ from statsmodels.stats.weightstats import DescrStatsW
 from ..atomic import write_json, write_text
 from ..errors import UserError, run_command
 from ..evaluation.adaptive import POLICIES, ROUTED, compare_policies
-from ..evaluation.stats import equivalence_test, matched_frontier, paired_test, proportion_ci, verdict
+from ..evaluation.stats import (
+    equivalence_test,
+    matched_frontier,
+    paired_test,
+    proportion_ci,
+    safer_control_point,
+    verdict,
+)
 from ..formats.adaptive import MODES
 
 #: Seeds a claim needs before its test may decide it (issue 16 item 5: the evidence run repeats over >= 3 seeds).
@@ -567,7 +577,8 @@ def claim_frontier(run: Run, model: str, alpha: float) -> dict[str, Any]:
     families = {}
     for family in FRONTIER_FAMILIES:
         per_seed: dict[str, Any] = {}
-        diffs = []
+        diffs: list[float] = []
+        bounded: list[int] = []
         for seed in sorted(run.units):
             unit, aligned = run.units[seed].get(model), _by_family(run, seed, "aligned")
             points = frontier_points(run, seed, family)
@@ -575,10 +586,21 @@ def claim_frontier(run: Run, model: str, alpha: float) -> dict[str, Any]:
                 continue
             refusal = _rate(unit.rows["harmful"].values(), "refusal", alpha)["value"]
             gain = _nll(aligned) - _nll(unit)
-            matched = matched_frontier([(p["refusal"], p["gain"]) for p in points], refusal)
+            pairs = [(p["refusal"], p["gain"]) for p in points]
+            matched = matched_frontier(pairs, refusal)
             entry: dict[str, Any] = {"refusal": refusal, "gain": gain, "points": points, "frontier_gain": None,
-                                     "diff": None, "note": None}
-            if matched is None:
+                                     "diff": None, "note": None, "bound": None}
+            safer = safer_control_point(pairs, refusal) if matched is None else None
+            if safer is not None:
+                # below the envelope: compare with its least-refusing point, which refuses at least as often; the
+                # difference bounds the matched one from above, so it can show "not met", never "met"
+                entry.update(frontier_gain=safer[1], diff=gain - safer[1], bound=list(safer),
+                             note=f"refusal {refusal:.3f} below the frontier's range: compared with its least-refusing "
+                                  f"point (refusal {safer[0]:.3f}, gain {safer[1]:.4f}), a bound that can only show "
+                                  "'not met'")
+                diffs.append(gain - safer[1])
+                bounded.append(seed)
+            elif matched is None:
                 low, high = min(p["refusal"] for p in points), max(p["refusal"] for p in points)
                 entry["note"] = f"refusal {refusal:.3f} outside the frontier's range [{low:.3f}, {high:.3f}]: not extrapolated"
             else:
@@ -591,6 +613,13 @@ def claim_frontier(run: Run, model: str, alpha: float) -> dict[str, Any]:
             continue
         summary = across_seeds(diffs, alpha)
         decision = _seed_rule(verdict(summary, "superiority", "greater"), len(diffs))
+        if bounded:
+            decision["reason"] += (f"; on seed(s) {', '.join(map(str, bounded))} {model} refuses less than every "
+                                   f"{family} envelope point, so its difference there is with the least-refusing one "
+                                   "(an upper bound on the matched difference)")
+            if decision["verdict"] == "met":
+                decision["verdict"] = "undecided"
+                decision["reason"] += ", which can show 'not met' but never 'met'"
         outside = [seed for seed, e in per_seed.items() if e["diff"] is None]
         if outside:
             decision["reason"] += (f"; on seed(s) {', '.join(outside)} {model}'s refusal lies outside the {family} "
@@ -601,8 +630,10 @@ def claim_frontier(run: Run, model: str, alpha: float) -> dict[str, Any]:
     return {
         "claim": f"{model} beats the control frontier",
         "test": "per seed: NLL gain(M) - frontier gain at refusal(M), the frontier interpolated on each control "
-                "family's monotone envelope (with standard CoT as its end point); mean, t-CI and one-sample t-test "
-                "across seeds; met against every control family present",
+                "family's monotone envelope (with standard CoT as its end point); below the envelope's range, the "
+                "difference with its least-refusing point (which refuses at least as often: an upper bound, so it "
+                "can give 'not met' but not 'met'); mean, t-CI and one-sample t-test across seeds; met against "
+                "every control family present",
         "families": families, "verdict": _combine([f["verdict"] for f in present]),
         "reason": "; ".join(f"{name}: {f['verdict']} ({f['reason']})" for name, f in families.items()),
     }
@@ -843,7 +874,9 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
         lines.append(f"| {name} | {shown} | {_num_ci(c['mean'], c['ci'], 3)} |")
     lines += ["", "### 4. Control frontier at matched refusal", "",
               "Capability gain = NLL_aligned - NLL_model (nats/token); frontier interpolated on each control family's "
-              "monotone envelope, standard CoT as its end point.", "",
+              "monotone envelope, standard CoT as its end point. Where the method refuses less than every envelope "
+              "point, the difference is with the least-refusing point (it refuses at least as often): an upper "
+              "bound on the matched difference, which can show 'not met' but never 'met'.", "",
               "| method | control | seeds used | gain - frontier gain, mean [95% CI] | p | verdict |", "|---|---|---|---|---|---|"]
     for name, c in claims["frontier"].items():
         for family, f in c["families"].items():
