@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 
 import pytest
 
@@ -138,6 +139,13 @@ def test_unequal_ladders_and_grids_with_equal_effort_are_refused(tmp_path):
                            "--output-dir", str(tmp_path / "run")])
     assert code == 2 and "--equal-effort" in err.getvalue()
     assert not (tmp_path / "run").exists()
+    for argv, message in ((["--commit"], "--commit needs --results"), (["--results", str(tmp_path / "r")], "belong to")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = sweep.main(["--size", "tiny", *([] if "belong" in message else ["--equal-effort"]), *argv,
+                               "--output-dir", str(tmp_path / "run")])
+        assert code == 2 and message in err.getvalue()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------------------------- the tiny pipeline
@@ -147,11 +155,13 @@ ONE_EACH = {family: settings[:1] for family, settings in sweep.EQUAL_EFFORT.item
 
 @pytest.fixture(scope="module")
 def equal_effort_run(tmp_path_factory):
-    """The tiny pipeline's start and the equal-effort sweep on it, each family cut to its first (weakest) point."""
+    """The tiny pipeline's start and the equal-effort sweep on it, each family cut to its first (weakest) point; the
+    points are also stored in ``<run>/../results`` (``--results``)."""
     run_dir = tmp_path_factory.mktemp("equal-effort") / "run"
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = sweep.run_equal_effort(get_size("tiny", OVERRIDES), run_dir, quiet=True, ladders=ONE_EACH)
+        code = sweep.run_equal_effort(get_size("tiny", OVERRIDES), run_dir, quiet=True, ladders=ONE_EACH,
+                                      results=run_dir.parent / "results")
     assert code == 0, out.getvalue()
     return run_dir, out.getvalue()
 
@@ -197,6 +207,55 @@ def test_equal_effort_records_the_same_number_of_points_for_every_family(equal_e
     logs = (run_dir / "sweep" / points["asft"]["id"] / "trainer").rglob("trainer_state.json")
     history = [entry for path in logs for entry in json.loads(path.read_text())["log_history"]]
     assert any("asft/penalty" in entry for entry in history)
+
+
+@pytest.mark.slow
+def test_stored_points_are_read_back_and_a_different_start_is_refused(equal_effort_run, tmp_path, monkeypatch):
+    from trl_safedistill.errors import UserError
+    from trl_safedistill.experiments.demo_pipeline import DemoPipeline
+
+    run_dir, _ = equal_effort_run
+    stored = run_dir.parent / "results"
+    first = json.loads((run_dir / "sweep/equal_effort/sweep.json").read_text())
+    ids = {"standard", *(p["id"] for p in first["points"])}
+    assert {path.stem for path in (stored / "points").glob("*.json")} == ids
+    assert json.loads((stored / "sweep.json").read_text()) == first and (stored / "sweep.png").stat().st_size > 0
+    manifest = json.loads((stored / "manifest.json").read_text())
+    assert manifest["aligned"] == {k: first["aligned"][k] for k in ("refusal", "over_refusal")}
+    # a copy missing one point, on a fresh run folder (another machine): only that point trains again
+    results = tmp_path / "results"
+    shutil.copytree(stored, results)
+    missing = next(p for p in first["points"] if p["family"] == "asft")
+    (results / "points" / f"{missing['id']}.json").unlink()
+    trained: list[str] = []
+    original = DemoPipeline.run_distil
+
+    def counting(self, method, *args, **kwargs):
+        trained.append(kwargs.get("stage"))
+        return original(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(DemoPipeline, "run_distil", counting)
+    size = get_size("tiny", OVERRIDES)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert sweep.run_equal_effort(size, tmp_path / "run", quiet=True, ladders=ONE_EACH, results=results) == 0
+    assert trained == [f"sweep:{missing['id']}"]
+    again = json.loads((results / "sweep.json").read_text())
+    assert [p["id"] for p in again["points"]] == [p["id"] for p in first["points"]]
+    assert again["chosen"] == first["chosen"]
+    assert (results / "points" / f"{missing['id']}.json").exists()
+    # a manifest of another start (its aligned refusal differs) stops before anything trains
+    manifest["aligned"]["refusal"] += 0.01
+    (results / "manifest.json").write_text(json.dumps(manifest))
+    trained.clear()
+    with pytest.raises(UserError, match=r"manifest.json:1: field 'aligned'.*refusal"):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            sweep.run_equal_effort(size, tmp_path / "run", quiet=True, ladders=ONE_EACH, results=results)
+    assert trained == []
+    # and so does one of other size settings
+    with pytest.raises(UserError, match=r"field 'settings'.*distil_steps"):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            sweep.run_equal_effort(get_size("tiny", {"distil_steps": "3"}), tmp_path / "run3", quiet=True,
+                                   ladders=ONE_EACH, results=stored)
 
 
 @pytest.mark.slow

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from .git_commit import commit_paths
 from .sizes import get_size, parse_set
 
 FAMILY = {"aligned": "aligned", "standard": "standard", "slowed": "slowed", "lr_control": "lower_lr",
@@ -36,25 +36,6 @@ FAMILY = {"aligned": "aligned", "standard": "standard", "slowed": "slowed", "lr_
 #: the methods of the evidence run (names of :func:`.variants.methods_for`), besides the lower-lr controls
 METHODS = ("standard", "slowed", "standard_refusal_mix")
 CONTROL_FAMILIES = ("lr_control", "early_stop")
-
-
-def _git_commit(paths: list[Path], message: str, tries: int = 5) -> bool:
-    """Commit ``paths`` alone (other staged or unstaged changes are left as they are); a busy index (another git
-    command holding ``index.lock``) is retried. A commit that still fails is reported, not fatal: the unit stays on
-    disk and the next ``--commit`` run (or a person) commits it."""
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=paths[0].parent, capture_output=True, text=True,
-                          check=True).stdout.strip()
-    names = [str(p) for p in paths]
-    for attempt in range(tries):
-        added = subprocess.run(["git", "add", "--", *names], cwd=root, capture_output=True, text=True)
-        done = added.returncode == 0 and subprocess.run(
-            ["git", "commit", "--quiet", "--only", "-m", message, "--", *names], cwd=root, capture_output=True, text=True
-        ).returncode == 0
-        if done:
-            return True
-        time.sleep(2 + 3 * attempt)
-    print(f"warning: could not commit {names}; on disk, commit by hand", file=sys.stderr, flush=True)
-    return False
 
 
 class EvidenceRun:
@@ -127,7 +108,7 @@ class EvidenceRun:
             "metrics": result["metrics"], "safety": {k: v for k, v in result["safety"].items() if k != "sets"},
         })
         if self.commit:
-            _git_commit([folder, self.results / "manifest.json"], f"evidence: {self.size.name} seed {self.seed} {model}")
+            commit_paths([folder, self.results / "manifest.json"], f"evidence: {self.size.name} seed {self.seed} {model}")
         print(f"unit written: {folder}", flush=True)
 
     def evaluate(self, name: str, final: str | None, fmt: str, control: bool) -> tuple[dict[str, Any], float]:

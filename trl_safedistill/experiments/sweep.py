@@ -62,6 +62,15 @@ at least the aligned start's minus 5 points and whose calibration over-refusal i
 points (both the align gate's measurement on the same prompts), the one of lowest calibration rationale loss (ties:
 the earlier point of the ladder); if none qualifies, the one of highest balance, refusal minus over-refusal (ties:
 lower loss, then the earlier point). ``chosen[family]`` records the point, its config and whether it qualified.
+
+The sweep takes hours at the ``evidence`` size, longer than a working session. ``--results DIR [--commit]`` writes
+each point to ``DIR/points/<id>.json`` the moment it finishes (and commits it alone), so a sweep cut short continues
+from the repository on another machine: a stored point is read back, not trained again, as long as the folder's
+manifest holds the same size settings and the same aligned start (its calibration refusal and over-refusal; see
+:class:`StoredPoints`)::
+
+    trl-safedistill sweep --equal-effort --size evidence --set seed=0 \
+        --output-dir /work/sweep-run --results results/evidence/equal-effort --commit
 """
 
 from __future__ import annotations
@@ -400,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the equal-effort calibration sweep instead: K settings per method family (SLowED, the "
                              "direction rule, Safe LoRA, AsFT, refusal mix, lower lr), one selection rule; writes "
                              "<run>/sweep/equal_effort/sweep.json")
+    parser.add_argument("--results", default=None, metavar="DIR",
+                        help="--equal-effort only: also write each point under DIR as it finishes and read back the "
+                             "points already there (continue on another machine)")
+    parser.add_argument("--commit", action="store_true", help="with --results: git-commit each point as it finishes")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a size field")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -409,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("give --grid axes or --grid-file, not both")
         if args.equal_effort and (args.grid or args.grid_file):
             raise ValueError("--equal-effort runs its declared ladders (EQUAL_EFFORT); give no --grid or --grid-file")
+        if (args.results or args.commit) and not args.equal_effort:
+            raise ValueError("--results and --commit belong to --equal-effort")
+        if args.commit and not args.results:
+            raise ValueError("--commit needs --results DIR (the folder whose points are committed)")
         grid = load_grid_file(args.grid_file) if args.grid_file else [parse_grid(args.grid)] if args.grid else DEFAULT_GRIDS
         size = get_size(args.size, parse_set(args.set))
     except ValueError as error:
@@ -418,7 +435,14 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = Path(args.output_dir or f"runs/demo-{size.name}")
     if args.equal_effort:
-        return run_equal_effort(size, run_dir, quiet=args.quiet)
+        from ..errors import UserError
+
+        try:
+            return run_equal_effort(size, run_dir, quiet=args.quiet, results=Path(args.results) if args.results else None,
+                                    commit=args.commit)
+        except UserError as error:
+            print(f"trl-safedistill sweep: {error}", file=sys.stderr)
+            return 2
     settings = grid_settings(grid)
     pipeline = DemoPipeline(size, run_dir, method_names=["standard"], quiet=args.quiet)
     ids = ["standard"] + [setting_id(s) for s in settings]
@@ -457,11 +481,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_equal_effort(size, run_dir: Path, quiet: bool = False,
-                     ladders: dict[str, list[dict[str, float | str]]] | None = None) -> int:
+                     ladders: dict[str, list[dict[str, float | str]]] | None = None,
+                     results: Path | None = None, commit: bool = False) -> int:
     """The equal-effort sweep (module docstring) in ``run_dir``; returns the exit status.
 
     ``ladders`` replaces :data:`EQUAL_EFFORT` (tests cut each ladder to fewer points); it must give every family the
-    same number of settings.
+    same number of settings. ``results`` (``--results``): each point is also written there as it finishes
+    (:class:`StoredPoints`), committed alone with ``commit``; a point found there is not trained again, so the sweep
+    continues from the repository on another machine.
     """
     from .demo_pipeline import DemoPipeline
 
@@ -481,28 +508,37 @@ def run_equal_effort(size, run_dir: Path, quiet: bool = False,
     points: list[dict[str, Any]] = []
     try:
         pipeline.run_start()
-        reference = _point("standard", {}, pipeline.run_distil(pipeline.methods[0], stage="sweep:standard", probe_last=True),
-                           _score(pipeline, "standard"))
+        curve0 = pipeline.runner.result("curve0")
+        calibration = pipeline.runner.result("align")["calibration_safety"]
+        aligned = {**curve0, "refusal_curve": curve0["refusal"], "over_refusal_curve": curve0.get("over_refusal"),
+                   "refusal": calibration["refusal"]["value"], "over_refusal": calibration["over_refusal"]["value"]}
+        stored = StoredPoints(results, size, aligned, commit) if results is not None else None
+
+        def reference_point() -> dict[str, Any]:
+            result = pipeline.run_distil(pipeline.methods[0], stage="sweep:standard", probe_last=True)
+            return _point("standard", {}, result, _score(pipeline, "standard"))
+
+        reference = stored.get("standard", reference_point) if stored else reference_point()
         for family, setting, method in plan:
             identifier = equal_effort_id(family, setting)
-            result = pipeline.run_distil(method, stage=f"sweep:{identifier}", probe_last=True)
-            point = _point(identifier, setting, result, _score(pipeline, identifier))
-            point["probed"] = "last step"
-            if changes_after_last_step(method):
-                probe = _probe_final(pipeline, identifier)
-                point.update(ind_mc_acc=probe["ind_mc_acc"], heldout_loss=probe["heldout_loss"],
-                             refusal_curve=probe["refusal"], probed="saved student")
-            knob = EQUAL_EFFORT_KNOB[family]
-            point.update(family=family, knob=knob, value=setting[knob], config=method.config,
-                         refusal_mix_fraction=method.refusal_mix_fraction)
-            points.append(point)
+
+            def measure(family=family, setting=setting, method=method, identifier=identifier) -> dict[str, Any]:
+                result = pipeline.run_distil(method, stage=f"sweep:{identifier}", probe_last=True)
+                point = _point(identifier, setting, result, _score(pipeline, identifier))
+                point["probed"] = "last step"
+                if changes_after_last_step(method):
+                    probe = _probe_final(pipeline, identifier)
+                    point.update(ind_mc_acc=probe["ind_mc_acc"], heldout_loss=probe["heldout_loss"],
+                                 refusal_curve=probe["refusal"], probed="saved student")
+                knob = EQUAL_EFFORT_KNOB[family]
+                point.update(family=family, knob=knob, value=setting[knob], config=method.config,
+                             refusal_mix_fraction=method.refusal_mix_fraction)
+                return point
+
+            points.append(stored.get(identifier, measure) if stored else measure())
     except StageError as error:
         print(f"trl-safedistill sweep: stopped: {error}", file=sys.stderr)
         return error.exit_code
-    curve0 = pipeline.runner.result("curve0")
-    calibration = pipeline.runner.result("align")["calibration_safety"]
-    aligned = {**curve0, "refusal_curve": curve0["refusal"], "over_refusal_curve": curve0.get("over_refusal"),
-               "refusal": calibration["refusal"]["value"], "over_refusal": calibration["over_refusal"]["value"]}
     chosen = {}
     for family in ladders:
         choice = choose_equal_effort([p for p in points if p["family"] == family], aligned["refusal"],
@@ -514,19 +550,79 @@ def run_equal_effort(size, run_dir: Path, quiet: bool = False,
         point["best"] = True
     out = run_dir / "sweep" / "equal_effort"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", {
+    summary = {
         "mode": "equal_effort", "k": next(iter(counts.values())), "rule": EQUAL_EFFORT_RULE, "aligned": aligned,
         "ladders": {f: {"knob": EQUAL_EFFORT_KNOB[f], "settings": ladders[f]} for f in ladders},
         "reference": reference, "points": points, "chosen": chosen,
-    })
+    }
+    write_json(out / "sweep.json", summary)
     plot([reference, *points], aligned, out / "sweep.png",
          title="equal-effort sweep: K points per family (red: standard CoT, green: each family's choice, star: aligned start)")
+    if stored is not None:
+        stored.finish(summary, out / "sweep.png")
     for family, choice in chosen.items():
         verdict = "qualified" if choice["qualified"] else "none qualified: best balance"
         print(f"{family}: {choice['id']} ({verdict}; calibration refusal {choice['refusal']:.1%}, over-refusal "
               f"{choice['over_refusal']:.1%}, rationale loss {choice['heldout_loss']:.3f})")
     print(f"sweep: {out / 'sweep.json'}, {out / 'sweep.png'}")
     return 0
+
+
+class StoredPoints:
+    """The equal-effort sweep's points kept under ``--results`` as each finishes (issue 17; the evidence run's
+    units-as-they-land rule): ``manifest.json`` (the size's settings and the aligned start's calibration refusal and
+    over-refusal), ``points/<id>.json`` per point, and at the end ``sweep.json`` and ``sweep.png``. With ``commit``
+    each file is committed alone (:func:`.git_commit.commit_paths`).
+
+    A point already stored is read back instead of trained again. Stored points are only valid against the same
+    start: a folder whose manifest holds other settings, or an aligned start whose calibration refusal or
+    over-refusal differs (another machine whose alignment came out differently), stops the sweep with an error
+    naming the file and field, never a silent mix of two starts.
+    """
+
+    def __init__(self, folder: Path, size, aligned: dict[str, Any], commit: bool):
+        from ..errors import UserError
+
+        self.folder, self.commit = Path(folder), commit
+        (self.folder / "points").mkdir(parents=True, exist_ok=True)
+        manifest = {"size": size.name, "settings": size.to_dict(),
+                    "aligned": {"refusal": aligned["refusal"], "over_refusal": aligned["over_refusal"]}}
+        path = self.folder / "manifest.json"
+        if path.exists():
+            found = json.loads(path.read_text(encoding="utf-8"))
+            for field in ("settings", "aligned"):
+                if found.get(field) != manifest[field]:
+                    keys = sorted(k for k in set(found.get(field) or {}) | set(manifest[field])
+                                  if (found.get(field) or {}).get(k) != manifest[field].get(k))
+                    raise UserError(f"{path}:1: field '{field}': the stored points were measured with other values "
+                                    f"({', '.join(keys)}; e.g. {keys[0]} {(found.get(field) or {}).get(keys[0])!r} "
+                                    f"there, {manifest[field].get(keys[0])!r} now); pass another --results folder")
+        else:
+            write_json(path, manifest)
+            self._commit([path], f"equal-effort sweep: {size.name} manifest")
+
+    def _commit(self, paths: list[Path], message: str) -> None:
+        if self.commit:
+            from .git_commit import commit_paths
+
+            commit_paths(paths, message)
+
+    def get(self, identifier: str, measure) -> dict[str, Any]:
+        """The stored point ``identifier``, or ``measure()``'s, stored (and committed) before it is returned."""
+        path = self.folder / "points" / f"{identifier}.json"
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8"))
+        point = measure()
+        write_json(path, point)
+        self._commit([path], f"equal-effort sweep: point {identifier}")
+        return point
+
+    def finish(self, summary: dict[str, Any], png: Path) -> None:
+        import shutil
+
+        write_json(self.folder / "sweep.json", summary)
+        shutil.copyfile(png, self.folder / "sweep.png")
+        self._commit([self.folder / "sweep.json", self.folder / "sweep.png"], "equal-effort sweep: choices")
 
 
 def _probe_final(pipeline, identifier: str) -> dict[str, Any]:
