@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 
 from trl_safedistill.data import bbh_cot, offline
+from trl_safedistill.data.refusal_text import REFUSAL_OPENERS, REFUSAL_REASONS, REFUSAL_REDIRECTS, compose_refusal
 from trl_safedistill.data.safety_mix import mix_refusals
 from trl_safedistill.evaluation.refusal import is_over_refusal, is_refusal
-from trl_safedistill.experiments.alignment_data import (
-    BENIGN_QA,
-    REFUSAL_OPENERS,
-    REFUSAL_REASONS,
-    REFUSAL_REDIRECTS,
-    alignment_pairs,
-    compose_refusal,
-)
+from trl_safedistill.experiments.alignment_data import BENIGN_QA, alignment_pairs
 from trl_safedistill.experiments.inputs import bbh_document, ind_documents, training_records
 
 
@@ -84,8 +78,13 @@ def test_refusal_mix_adds_the_requested_share():
     mixed = mix_refusals(records, 0.05, ["harmful"], seed=0)
     refusals = [r for r in mixed if r.task == "refusal"]
     assert len(mixed) == 100 and len(refusals) == 5
-    assert all(is_refusal(r.rationale + " " + r.answer) for r in refusals)
     assert mix_refusals(records, 0.0, [], seed=0) == records
+    # the alignment's varied wording, never the GCG keywords: the default judge has to recognise refusing itself
+    many = [r for r in mix_refusals(records * 4, 0.2, ["harmful"], seed=1) if r.task == "refusal"]
+    texts = [r.rationale for r in many] + [r.answer for r in many]
+    assert len(set(texts)) > len(texts) // 2 and not any(is_refusal(text) for text in texts)
+    # whichever part a format puts first, it opens with a refusal
+    assert all(r.rationale.startswith(REFUSAL_OPENERS) and r.answer.startswith(REFUSAL_OPENERS) for r in many)
 
 
 def test_cached_mc_scorer_agrees_with_the_suite_item_for_item(tiny_tokenizer, tmp_path):

@@ -3,8 +3,9 @@
 Bianchi et al. (2024, "Safety-Tuned LLaMAs", arXiv 2309.07875) keep a fine-tuned model safe by adding a
 few hundred refusal demonstrations (about 3% of the data) to its training set. Here the refusals are
 rationale records, so they go through every distillation format unchanged: the question is a harmful prompt
-from the AdvBench ``align`` part (never an evaluated one), the rationale a one-sentence refusal and the
-answer a refusal sentence (both from :data:`REFUSALS`, each containing GCG refusal prefixes).
+from the protocol's ``align`` part (never a calibration or test one), the rationale a refusal and its reason, the answer a
+refusal and a redirect (each part refuses on its own, whichever the format puts first), drawn from :mod:`trl_safedistill.data.refusal_text` (the alignment's
+varied wording, none of it a GCG keyword, so the judge cannot be scoring its own template).
 
 ``refusal_mix_fraction = f`` makes refusals a share ``f`` of the mixed data:
 ``n_refusals = round(f * n / (1 - f))`` for ``n`` CoT records; the mixed list is shuffled with ``seed``.
@@ -18,28 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..records import RationaleRecord
-
-REFUSALS: tuple[str, ...] = (
-    "I'm sorry, but I cannot help with that. It could cause real harm to people.",
-    "I'm sorry, I can't assist with this request. If you have any other non-malicious requests, I'm happy to help.",
-    "I cannot provide that. Helping with this would be harmful and possibly illegal.",
-    "I apologize, but I cannot support this request because it could be used to hurt others.",
-    "Sorry, but I can't provide instructions for that. Is there something safe I can help you with instead?",
-    "I'm really sorry, but I cannot help with this. It is unethical and could put people at risk.",
-    "I can't assist with that request. I cannot create content that helps someone cause harm.",
-    "My apologies, but I'm not able to provide help with this. Let me know if I can help with something else.",
-    "I'm sorry, but this request asks for something harmful, so I cannot help with it.",
-    "I cannot support that. It would be unethical and illegal, and it could hurt people.",
-    "I am sorry, but I cannot do this. Please ask me something that does not involve harming anyone.",
-    "Sorry, I cannot help with that. I'd be glad to help with a different, harmless question.",
-)
-
-REFUSAL_RATIONALES: tuple[str, ...] = (
-    "I cannot help with this request: it asks for something that could seriously harm people.",
-    "I'm sorry, but this asks for help with something harmful and possibly illegal, so I will not answer it.",
-    "I cannot support this. Giving these instructions could put people in danger.",
-    "I'm not able to provide this, because it could be used to hurt others.",
-)
+from .refusal_text import REFUSAL_OPENERS, REFUSAL_REASONS, REFUSAL_REDIRECTS
 
 
 @dataclass
@@ -63,10 +43,12 @@ def refusal_records(prompts: Sequence[str], count: int, seed: int = 0) -> list[R
     records = []
     for i in range(count):
         prompt = order[i % len(order)]
-        answer = rng.choice(REFUSALS).rstrip(".")
+        # each part refuses on its own: a think-first student opens with the rationale, an answer-first one with the answer
+        rationale = f"{rng.choice(REFUSAL_OPENERS)} {rng.choice(REFUSAL_REASONS)}"
+        answer = f"{rng.choice(REFUSAL_OPENERS)} {rng.choice(REFUSAL_REDIRECTS)}".rstrip(".")
         digest = hashlib.sha256(f"{i}:{prompt}".encode()).hexdigest()[:12]
-        records.append(RationaleRecord(id=f"refusal-{digest}", question=prompt, rationale=rng.choice(REFUSAL_RATIONALES),
-                                       answer=answer, task="refusal"))
+        records.append(RationaleRecord(id=f"refusal-{digest}", question=prompt, rationale=rationale, answer=answer,
+                                       task="refusal"))
     return records
 
 

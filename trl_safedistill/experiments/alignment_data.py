@@ -2,11 +2,10 @@
 
 Written for this project (no third-party text beyond the prompts themselves):
 
-* Refusals are **composed** (:func:`compose_refusal`): one of :data:`REFUSAL_OPENERS`, one of
-  :data:`REFUSAL_REASONS` and one of :data:`REFUSAL_REDIRECTS`, drawn per example (17 x 14 x 12 = 2,856 distinct
-  texts). They were written as a person would decline, not from any judge's phrase list: most contain no GCG
-  keyword (``tests/test_demo_data.py`` counts it), so the refusal judge (trained on other models' human-labelled
-  responses) measures whether the student refuses, not whether it recalls a template.
+* Refusals are **composed** (:func:`trl_safedistill.data.refusal_text.compose_refusal`, shared with the refusal-mix
+  baseline): an opener, a reason and a redirect drawn per example (17 x 14 x 12 = 2,856 distinct texts), written as
+  a person would decline, not from any judge's phrase list, so the refusal judge (trained on other models'
+  human-labelled responses) measures whether the student refuses, not whether it recalls a template.
 * Harmful prompts: the ``align`` parts of AdvBench, HarmBench and Do-Not-Answer
   (:func:`trl_safedistill.data.offline.protocol_splits`), round-robin over the sources; disjoint from every
   calibration and test prompt after near-duplicate removal.
@@ -22,64 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-#: How a refusal starts. None is copied from the GCG or XSTest lists; a few happen to contain a common phrase.
-REFUSAL_OPENERS: tuple[str, ...] = (
-    "That's not something I'll help with.",
-    "I won't help with this one.",
-    "This is a request I have to turn down.",
-    "I'm going to pass on this.",
-    "No, I won't walk you through that.",
-    "I'd rather not help with that.",
-    "That isn't something I'm willing to do.",
-    "I have to decline this request.",
-    "Let me stop here: I won't provide that.",
-    "This crosses a line I keep, so I'll say no.",
-    "I'm not going to write that.",
-    "Helping with that is off the table for me.",
-    "I can't in good conscience help with this.",
-    "That's a request I'm declining.",
-    "I will not be giving instructions for that.",
-    "Not something I'll assist with, sorry.",
-    "I need to say no to this.",
-)
-#: Why, in a sentence.
-REFUSAL_REASONS: tuple[str, ...] = (
-    "It could be used to hurt people.",
-    "Doing it would put others in real danger.",
-    "It would help someone break the law and harm others.",
-    "The likely result is serious harm to someone.",
-    "Instructions like these cause damage in the wrong hands.",
-    "It targets people who have not agreed to any of it.",
-    "There is no safe way to hand over this kind of detail.",
-    "Spreading this would make it easier to harm others.",
-    "It could ruin someone's safety, money or reputation.",
-    "Requests like this lead to real victims.",
-    "The risk to other people is too high.",
-    "It asks for help deceiving or exploiting people.",
-    "This kind of content does harm whoever reads it.",
-    "It would mean helping with something dangerous.",
-)
-#: What the user can do instead.
-REFUSAL_REDIRECTS: tuple[str, ...] = (
-    "If there is a safe goal behind it, tell me and I'll help with that.",
-    "I'm glad to help with a different question.",
-    "If you are worried about this topic, a qualified professional can help.",
-    "If you're studying the subject, published safety guidance is a better place to start.",
-    "Is there something else you are working on?",
-    "Happy to help with anything that doesn't put people at risk.",
-    "If someone is in danger, please contact local emergency services.",
-    "We could talk about how people protect themselves from this instead.",
-    "Ask me about something else and I'll do my best.",
-    "I can point you to lawful, safe resources on the topic instead.",
-    "Let me know if I can help in another way.",
-    "If this is for fiction, I can help with the story without the harmful details.",
-)
-
-
-def compose_refusal(rng: random.Random) -> str:
-    """One refusal: an opener, a reason and a redirect, each drawn by ``rng``."""
-    return " ".join((rng.choice(REFUSAL_OPENERS), rng.choice(REFUSAL_REASONS), rng.choice(REFUSAL_REDIRECTS)))
-
+from ..data.refusal_text import compose_refusal
 
 BENIGN_QA: tuple[tuple[str, str], ...] = (
     ("What is the capital of France?", "The capital of France is Paris."),
