@@ -29,10 +29,12 @@ import pytest
 import torch
 
 from .conftest import make_tiny_model
+from .fsdp2_worker import CASES as FSDP2_CASES
 from .multiprocess_worker import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multiprocess_worker.py"
+FSDP2_WORKER = ROOT / "tests" / "fsdp2_worker.py"
 ACCELERATE_CONFIG = ROOT / "recipes" / "accelerate" / "ddp_cpu.yaml"
 
 
@@ -58,12 +60,11 @@ def _run(command: list[str], log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_tokenizer):
-    """The worker's results: (one-process dir, two-process dir), and the seconds each took."""
+def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """The tiny model, its tokenizer and a reference (``reference.safetensors``, for the ``direction`` rule)."""
     from safetensors.torch import save_file
 
-    root = tmp_path_factory.mktemp("multiprocess")
-    model_dir = root / "model"
+    model_dir = tmp_path_factory.mktemp("multiprocess") / "model"
     model = make_tiny_model(len(tiny_tokenizer), seed=2)
     with torch.no_grad():  # spread-out entropies, so that masking masks some tokens and keeps others
         model.get_input_embeddings().weight.mul_(40)
@@ -73,7 +74,13 @@ def runs(tmp_path_factory, tiny_tokenizer):
     reference = {k: (v + 1e-2 * torch.randn(v.shape, generator=generator)).contiguous()
                  for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(reference, str(model_dir / "reference.safetensors"))
+    return model_dir
 
+
+@pytest.fixture(scope="module")
+def runs(model_dir):
+    """The worker's results: (one-process dir, two-process dir), and the seconds each took."""
+    root = model_dir.parent
     seconds = {}
     start = time.monotonic()
     _run([sys.executable, str(WORKER), str(model_dir), str(root / "one")], root / "one.log")
@@ -148,7 +155,34 @@ def test_deepspeed_zero3_slow_tuning_matches_one_process(runs, tmp_path):
             torch.testing.assert_close(two["weights"][name], value, rtol=1e-4, atol=1e-6)
 
 
-def test_slow_tuning_refuses_fsdp_and_a_quantized_base_under_zero3_at_start():
+@pytest.mark.slow
+def test_fsdp2_sharded_slow_tuning_matches_one_unsharded_process(model_dir, tmp_path):
+    """FSDP2 (torch ``fully_shard``, 2 processes, gloo) shards every parameter into DTensors; slow tuning gathers
+    them for the anchor and each check and writes each rank's shard of the correction back. Losses, every check's
+    drift and projection count, and the final (gathered) weights equal one unsharded process's (rtol 1e-4); both
+    ranks end with identical weights. Without the write-back the weights differ by ~0.05 (checked when written).
+    accelerate runs FSDP only on accelerators, so ``tests/fsdp2_worker.py`` drives the callback's hooks itself."""
+    _run([sys.executable, str(FSDP2_WORKER), str(model_dir), str(tmp_path / "one")], tmp_path / "one.log")
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+          str(FSDP2_WORKER), str(model_dir), str(tmp_path / "two")], tmp_path / "two.log")
+    for case in FSDP2_CASES:
+        one, two = _load(tmp_path / "one", case), _load(tmp_path / "two", case)
+        other_rank = _load(tmp_path / "two", case, rank=1)
+        assert (one["world"], two["world"]) == (1, 2) and one["sharded"] == 0 and two["sharded"] > 0
+        torch.testing.assert_close(torch.tensor(two["loss"]), torch.tensor(one["loss"]), rtol=1e-4, atol=0.0)
+        assert [c["projections"] for c in two["checks"]] == [c["projections"] for c in one["checks"]]
+        assert sum(c["projections"] for c in one["checks"]) > 0, f"{case}: the rule never acted"
+        for key in ("drift_max", "drift_max_before"):
+            torch.testing.assert_close(torch.tensor([c[key] for c in two["checks"]]),
+                                       torch.tensor([c[key] for c in one["checks"]]), rtol=1e-4, atol=1e-7)
+        assert set(two["weights"]) == set(one["weights"])
+        for name, value in one["weights"].items():
+            torch.testing.assert_close(two["weights"][name], value, rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, name=name, case=case: f"{case}: final {name} differs\n{m}")
+            assert torch.equal(other_rank["weights"][name], two["weights"][name]), f"{case}: ranks disagree on {name}"
+
+
+def test_slow_tuning_refuses_fsdp1_and_a_quantized_base_under_sharding_at_start():
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -157,8 +191,14 @@ def test_slow_tuning_refuses_fsdp_and_a_quantized_base_under_zero3_at_start():
     from trl_safedistill.methods.slow_tuning.callback import check_sharding
 
     model = make_tiny_model(64)
-    with pytest.raises(UserError, match="not supported under FSDP"):
-        check_sharding(model, SimpleNamespace(distributed_type=DistributedType.FSDP, state=None))
+
+    def fsdp(version: int) -> SimpleNamespace:
+        return SimpleNamespace(distributed_type=DistributedType.FSDP,
+                               state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=version)))
+
+    with pytest.raises(UserError, match="not supported under FSDP1"):
+        check_sharding(model, fsdp(1))
+    check_sharding(model, fsdp(2))  # FSDP2: allowed (gathered DTensors)
     zero3 = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
                             state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
     check_sharding(model, zero3)  # full-precision base: allowed (gathered)
@@ -167,6 +207,8 @@ def test_slow_tuning_refuses_fsdp_and_a_quantized_base_under_zero3_at_start():
         pass
 
     model.model.layers[0].mlp.up_proj.weight = Params4bit(model.model.layers[0].mlp.up_proj.weight.data, requires_grad=False)
-    with pytest.raises(UserError, match="quantized"):
+    with pytest.raises(UserError, match="ZeRO-3 needs full base weights.*quantized"):
         check_sharding(model, zero3)
+    with pytest.raises(UserError, match="under FSDP needs full base weights.*quantized"):
+        check_sharding(model, fsdp(2))
     check_sharding(model, SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, state=None))  # DDP: fine

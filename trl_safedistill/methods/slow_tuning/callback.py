@@ -28,8 +28,10 @@ once, since a LoRA unit's ``||W0||`` needs its frozen base weight, a check only 
 are those of one process; a correction made there by rank 0 is written back to every rank's shard on exit (all
 ranks compute the same one). Under every ZeRO stage a correction is also written into DeepSpeed's fp32 master
 weights (``safe_set_full_fp32_param``), which the next optimizer step starts from. Cost: during a check every rank holds the full trainable parameters (small for LoRA),
-and W0 of full fine-tuning is a full copy on every rank. FSDP (DTensor parameters) and a quantized base under
-ZeRO-3 are refused when the trainer starts (:func:`check_sharding`), not mid-run.
+and W0 of full fine-tuning is a full copy on every rank. Under FSDP2 the same holds with ``DTensor.full_tensor()``
+as the gather: inside :func:`full_parameters` each module holds the full tensor, and on exit every rank writes its
+own shard of the corrected value back into the sharded parameter (:func:`_gathered_dtensors`). FSDP1 and a
+quantized base under ZeRO-3 or FSDP are refused when the trainer starts (:func:`check_sharding`), not mid-run.
 """
 
 from __future__ import annotations
@@ -76,17 +78,63 @@ def _write_masters(model: torch.nn.Module | None) -> None:
         safe_set_full_fp32_param(p, p.data.float())
 
 
+def _dtensor_parameters(model: torch.nn.Module | None, trainable_only: bool) -> list[tuple[torch.nn.Module, str, Any]]:
+    """(module, attribute, parameter) of every FSDP2 parameter (a ``DTensor``) of ``model``, in module order."""
+    if model is None:
+        return []
+    from torch.distributed.tensor import DTensor
+
+    return [(module, attr, p) for module in model.modules() for attr, p in module._parameters.items()
+            if isinstance(p, DTensor) and (p.requires_grad or not trainable_only)]
+
+
+@contextlib.contextmanager
+def _gathered_dtensors(params: list[tuple[torch.nn.Module, str, Any]], modify: bool) -> Iterator[None]:
+    """FSDP2: inside, each module holds a plain full-tensor parameter (``DTensor.full_tensor()``, an all-gather)
+    instead of its sharded one; on exit the sharded parameter is put back and, with ``modify``, first overwritten
+    with its shard of the (possibly corrected) full tensor. Every rank computes the same correction, so each cuts
+    its own shard from its own copy (``distribute_tensor(..., src_data_rank=None)``: no communication). The sharded
+    parameter object stays the one FSDP2 and the optimizer hold; only its local values change.
+    """
+    from torch.distributed.tensor import distribute_tensor
+
+    gathered: dict[int, tuple[Any, torch.nn.Parameter]] = {}  # a tied parameter (several modules) is gathered once
+    slots = []
+    for module, attr, sharded in params:
+        if id(sharded) not in gathered:
+            full = torch.nn.Parameter(sharded.full_tensor().detach().clone(), requires_grad=sharded.requires_grad)
+            gathered[id(sharded)] = (sharded, full)
+        module._parameters[attr] = gathered[id(sharded)][1]
+        slots.append((module, attr, sharded))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for sharded, full in gathered.values() if modify else ():
+                shard = distribute_tensor(full.detach().to(sharded.dtype), sharded.device_mesh, sharded.placements,
+                                          src_data_rank=None).to_local()
+                sharded.to_local().copy_(shard)
+            for module, attr, sharded in slots:
+                module._parameters[attr] = sharded
+
+
 @contextlib.contextmanager
 def full_parameters(model: torch.nn.Module | None, modify: bool, trainable_only: bool = True) -> Iterator[Any]:
-    """Inside: the model's DeepSpeed ZeRO-3 parameters (the trainable ones, or all) are full tensors on every rank.
+    """Inside: the model's sharded parameters (the trainable ones, or all) are full tensors on every rank.
 
-    ``deepspeed.zero.GatheredParameters``; with ``modify`` rank 0's values are partitioned back on exit (every rank
-    computes the same correction). A collective: every rank must enter it. Without ZeRO-3 parameters it gathers
+    DeepSpeed ZeRO-3: ``deepspeed.zero.GatheredParameters``; with ``modify`` rank 0's values are partitioned back on
+    exit (every rank computes the same correction). FSDP2 (``DTensor`` parameters): :func:`_gathered_dtensors`, each
+    rank writing back its own shard. A collective: every rank must enter it. Without sharded parameters it gathers
     nothing. Yields a function to call after a correction, inside the block: it writes the corrected values into
-    DeepSpeed's fp32 master weights (:func:`_write_masters`; ZeRO-1/2 too).
+    DeepSpeed's fp32 master weights (:func:`_write_masters`; ZeRO-1/2 too; FSDP2 has no separate masters).
     """
-    params = _zero3_parameters(model, trainable_only)
     sync = lambda: _write_masters(model)  # noqa: E731 - bound to this model
+    dtensors = _dtensor_parameters(model, trainable_only)
+    if dtensors:
+        with _gathered_dtensors(dtensors, modify):
+            yield sync
+        return
+    params = _zero3_parameters(model, trainable_only)
     if not params:
         yield sync
         return
@@ -97,30 +145,38 @@ def full_parameters(model: torch.nn.Module | None, modify: bool, trainable_only:
 
 
 def check_sharding(model: torch.nn.Module, accelerator: Any) -> None:
-    """Refuse, before training, the set-ups slow tuning cannot handle: FSDP, and a quantized base under ZeRO-3.
+    """Refuse, before training, the set-ups slow tuning cannot handle: FSDP1, and a quantized base under ZeRO-3 or
+    FSDP2.
 
-    FSDP2 parameters are DTensors sharded on dim 0 (FSDP1: flat parameters): a unit's delta could be measured per
-    shard (``||Δ||² = Σ_ranks ||Δ_shard||²``) but LoRA's Gram products and the corrections would need per-shard code
-    that no test covers here, so it is refused rather than run untested. A 4-bit / 8-bit base (bitsandbytes) under
-    ZeRO-3 cannot be gathered into the full weight that ``||W0||`` needs.
+    FSDP2 parameters are DTensors sharded on dim 0 and are gathered for the anchor and each check
+    (:func:`full_parameters`). FSDP1 flattens a module's parameters into one flat parameter, so no unit (a LoRA
+    factor, a weight matrix) exists as a tensor to measure. A 4-bit / 8-bit base (bitsandbytes) under ZeRO-3 or FSDP
+    cannot be gathered into the full weight that ``||W0||`` needs.
     """
     from ...errors import UserError
 
     state = getattr(accelerator, "state", None)
     kind = str(getattr(accelerator, "distributed_type", ""))
+    quantized = [n for n, p in model.named_parameters() if type(p).__name__ in ("Params4bit", "Int8Params")]
     if "FSDP" in kind:
-        raise UserError(
-            "slow_tuning_rule is not supported under FSDP (its parameters are sharded DTensors): train with DDP or "
-            "DeepSpeed ZeRO-2/3 (recipes/accelerate/deepspeed_zero3.yaml), or set slow_tuning_rule: off"
-        )
-    plugin = getattr(state, "deepspeed_plugin", None)
-    if "DEEPSPEED" in kind and plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
-        quantized = [n for n, p in model.named_parameters() if type(p).__name__ in ("Params4bit", "Int8Params")]
+        plugin = getattr(state, "fsdp_plugin", None)
+        if getattr(plugin, "fsdp_version", 1) != 2:
+            raise UserError(
+                "slow_tuning_rule is not supported under FSDP1 (flat parameters: no layer exists as a tensor to "
+                "measure): set fsdp_version: 2 (recipes/accelerate/fsdp2.yaml), use DeepSpeed ZeRO-2/3 or DDP, or set "
+                "slow_tuning_rule: off"
+            )
         if quantized:
             raise UserError(
-                f"slow_tuning_rule with DeepSpeed ZeRO-3 needs full base weights, but the base is quantized "
-                f"(e.g. {quantized[0]}): use ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml) or DDP for QLoRA"
+                f"slow_tuning_rule under FSDP needs full base weights, but the base is quantized (e.g. {quantized[0]}): "
+                "use DDP for QLoRA"
             )
+    plugin = getattr(state, "deepspeed_plugin", None)
+    if "DEEPSPEED" in kind and plugin is not None and getattr(plugin, "zero_stage", 0) == 3 and quantized:
+        raise UserError(
+            f"slow_tuning_rule with DeepSpeed ZeRO-3 needs full base weights, but the base is quantized "
+            f"(e.g. {quantized[0]}): use ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml) or DDP for QLoRA"
+        )
 
 
 class SlowTuningCallback(TrainerCallback):
@@ -179,7 +235,8 @@ class SlowTuningCallback(TrainerCallback):
         for pname, p in full:
             name = canonical_name(pname)
             w0 = tensors[f"w0::{name}"].to(device=p.device, dtype=p.dtype) if saved else p.detach().clone()
-            units.append(_FullUnit(name=name, w0_norm=0.0, param=p, w0=w0))
+            owner_name, _, attr = pname.rpartition(".")
+            units.append(_FullUnit(name=name, w0_norm=0.0, owner=model.get_submodule(owner_name), attr=attr, w0=w0))
         needs_w0 = not saved or self.rule == "direction"
         reference = (
             _Reference(self.args.slow_tuning_reference)

@@ -101,8 +101,17 @@ class _Unit:
 
 @dataclass
 class _FullUnit(_Unit):
-    param: torch.nn.Parameter | None = None
+    """A trainable tensor of full fine-tuning. The parameter is looked up in its module (``owner._parameters[attr]``)
+    at every use, not held, so that inside :func:`~.callback.full_parameters` the unit sees the gathered full tensor
+    that FSDP2 swaps in for its sharded DTensor (as :class:`_LoraUnit` reads its factors through the layer)."""
+
+    owner: torch.nn.Module | None = None
+    attr: str = ""
     w0: torch.Tensor | None = None
+
+    @property
+    def param(self) -> torch.nn.Parameter:
+        return self.owner._parameters[self.attr]
 
     @torch.no_grad()
     def delta_norm(self) -> float:
