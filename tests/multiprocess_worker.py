@@ -124,11 +124,7 @@ def run_case(name: str, model_dir: Path, out_dir: Path) -> None:
     with full_parameters(trainer.model, modify=False):  # ZeRO-3 / FSDP2: the full tensors, not this rank's shard
         weights = {k: v.detach().cpu().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
     rank = trainer.accelerator.process_index
-    from torch.distributed.tensor import DTensor
-
-    sharded = sum(isinstance(p, DTensor) for p in trainer.model_wrapped.parameters())  # FSDP2: really sharded
-    torch.save({"world": world, "metrics": metrics, "weights": weights, "safety": safety, "sharded": sharded,
-                "distributed_type": str(trainer.accelerator.distributed_type)}, out_dir / f"{name}.rank{rank}.pt")
+    torch.save({"world": world, "metrics": metrics, "weights": weights, "safety": safety}, out_dir / f"{name}.rank{rank}.pt")
 
 
 def main(argv: list[str]) -> int:
