@@ -35,7 +35,19 @@ QUIET_ENVIRONMENT = {
 QUIET_LOGGERS = ("transformers", "datasets", "huggingface_hub", "lm_eval", "lm-eval", "bitsandbytes", "peft", "trl",
                  "accelerate", "torch")
 
+#: loggers that set their own level and handler when imported, so a level set beforehand does not hold: DeepSpeed's
+#: ``LoggerFactory.create_logger`` calls ``setLevel(WARNING)`` and adds a handler that writes to *stdout* (its import
+#: warns "Setting accelerator to CPU" on a CPU machine). A filter on the logger survives both.
+FILTERED_LOGGERS = ("DeepSpeed",)
+
 _quiet = False
+
+
+class _ErrorsOnly(logging.Filter):
+    """Let through records at ERROR and above."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def quiet_console() -> None:
@@ -50,6 +62,10 @@ def quiet_console() -> None:
         os.environ.setdefault(name, value)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in FILTERED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ErrorsOnly) for f in logger.filters):
+            logger.addFilter(_ErrorsOnly())
     # Deprecation notices between libraries (e.g. transformers about its own renamed arguments, read by TRL and PEFT):
     # nothing the demo's user can act on
     warnings.filterwarnings("ignore", category=FutureWarning)
