@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl_safedistill import SafeDistillConfig, SafeDistillTrainer
     from trl_safedistill.answers import score_generation
     from trl_safedistill.data.bbh_cot import load_bbh_cot
-    from trl_safedistill.evaluation.adaptive import POLICIES, compare_policies, forced_mode
+    from trl_safedistill.evaluation.adaptive import POLICIES, compare_policies, forced_mode, opens_with_answer
     from trl_safedistill.evaluation.scoring import routed_generate
     from trl_safedistill.formats import end_of_turn_text, is_chat_tokenizer
     from trl_safedistill.models import embedded_default_path, load_tokenizer
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens": [count for _, count, _ in results],
             "correct": [score_generation(doc, text, fmt.answer_phrase) for doc, (text, _, _) in zip(docs, results)],
             "modes": [mode for _, _, mode in results],
+            "opened": [opens_with_answer(text, fmt.answer_phrase) for text, _, _ in results],
         }
 
     summary: dict = {
@@ -136,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(trained), "total_seconds": None, "policies": {}, "against_standard": {},
     }
     compared = compare_policies({p: runs[p]["correct"] for p in POLICIES}, {p: runs[p]["tokens"] for p in POLICIES},
-                                runs["adaptive"]["modes"])
+                                runs["adaptive"]["modes"], opened={p: runs[p]["opened"] for p in POLICIES})
     summary["policies"] = compared["policies"]
     summary["against_standard"] = compared["against_reference"]
+    summary["mode_followed"] = compared["mode_followed"]
     summary["total_seconds"] = round(time.time() - started)
     output.mkdir(parents=True, exist_ok=True)
     (output / "adaptive_tokens.json").write_text(json.dumps({**summary, "per_item": runs}, indent=2), encoding="utf-8")
@@ -160,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{policy} / standard: tokens x{ci(row['token_ratio'])}; accuracy {test_row['diff']:+.2f} "
               f"[{test_row['ci'][0]:+.2f}, {test_row['ci'][1]:+.2f}], McNemar p={test_row['p_value']:.2f} "
               f"(discordant {test_row['a_only']}/{test_row['b_only']})")
+    for policy, row in summary["mode_followed"].items():
+        if row is not None:
+            print(f"{policy}: {row['successes']}/{row['n']} answer-first generations open with the answer phrase")
     print(f"total {summary['total_seconds']} s; numbers in {output / 'adaptive_tokens.json'}", file=sys.stderr)
     return 0
 

@@ -149,6 +149,13 @@ ROUTED_TOKENS = [10 if m == "answer_first" else 40 for m in MODES]
 CORRECT = {"standard": [int(i < 12) for i in range(N)], "adaptive": [int(6 <= i < 12) for i in range(N)],
            "answer_first": [int(i < 4) for i in range(N)]}
 TOKENS = {"adaptive": ROUTED_TOKENS, "standard": [40] * N, "answer_first": [8] * N}
+#: generations that open with the answer phrase: forced answer-first on items 0-2, routed on items 0-4 (of the 8 routed
+#: answer-first), standard on item 0 (think-first generations are not counted)
+OPENS = {"answer_first": 3, "adaptive": 5, "standard": 1}
+
+
+def response(policy: str, i: int) -> str:
+    return " Therefore, the answer is (A).\nExplanation: r" if i < OPENS[policy] else "Let us think. Therefore, the answer is (A)."
 
 
 def policy_rows() -> list[dict]:
@@ -156,7 +163,7 @@ def policy_rows() -> list[dict]:
     for policy in POLICIES:
         for i in range(N):
             row = {"kind": "ind_gen", "set": "bbh", "id": f"g{i}", "correct": CORRECT[policy][i], "format_valid": 1,
-                   "tokens": TOKENS[policy][i], "policy": policy, "prompt": "p", "response": "r"}
+                   "tokens": TOKENS[policy][i], "policy": policy, "prompt": "p", "response": response(policy, i)}
             if policy == "adaptive":
                 row["mode"] = MODES[i]
             rows.append(row)
@@ -203,6 +210,18 @@ def test_report_section_gives_mode_mix_accuracy_tokens_and_paired_tests_by_hand(
     assert "| adaptive | 0 | 20 | 12 / 8 | adaptive | 30.0% [" in section
     assert "| 0.70 [" in section and "| 0.20 [0.20, 0.20] |" in section
     assert "McNemar" in section
+
+
+def test_report_counts_answer_first_generations_that_open_with_the_answer(tmp_path):
+    run = tmp_path / "run"
+    adaptive_units(run)
+    followed = write_evidence_report(run)["adaptive"]["adaptive"]["0"]["mode_followed"]
+    assert followed["standard"] is None  # it generated nothing answer-first
+    assert (followed["answer_first"]["successes"], followed["answer_first"]["n"]) == (3, N)
+    assert (followed["adaptive"]["successes"], followed["adaptive"]["n"]) == (5, 8)  # among the routed answer-first
+    assert followed["adaptive"]["ci"] == pytest.approx(wilson(5, 8), abs=1e-12)
+    section = (run / "REPORT.md").read_text(encoding="utf-8").split("## Adaptive thinking", 1)[1]
+    assert "| 0.20 [0.20, 0.20] | 3/20 |" in section and "| 5/8 |" in section
 
 
 def test_the_default_exact_match_reads_the_routed_rows_only(tmp_path):

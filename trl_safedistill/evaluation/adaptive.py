@@ -13,7 +13,10 @@ routing. :func:`compare_policies` is the one place the comparison is computed, f
 the router's mode mix; per policy, accuracy (Wilson CI) and mean generated tokens per question (percentile bootstrap
 CI); each policy against ``standard`` on the same items: the accuracy difference with :func:`.stats.paired_test`
 (paired bootstrap CI, McNemar's exact p) and the ratio of mean tokens with a paired percentile bootstrap CI
-(:func:`ratio_of_means`: items resampled with both policies' tokens together).
+(:func:`ratio_of_means`: items resampled with both policies' tokens together); and, given whether each generation
+opened with the answer phrase (:func:`opens_with_answer`), the share of each policy's answer-first generations that
+did (Wilson CI): whether the student follows the answer-first tag at all. A student that ignores it writes its
+rationale first in either mode, never reaches the stop after the answer, and saves no tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from ..formats.adaptive import ANSWER_FIRST, MODES, THINK_FIRST
+from ..records import DEFAULT_ANSWER_PHRASES
 from .stats import bootstrap_ci, paired_test, proportion_ci
 
 #: The routed policy: the router decides each question's mode (the adaptive student's own, default reading).
@@ -40,6 +44,13 @@ def forced_mode(policy: str) -> str | None:
     if policy not in POLICIES:
         raise ValueError(f"adaptive policy must be one of {list(POLICIES)}, got {policy!r}")
     return None if policy == ROUTED else policy
+
+
+def opens_with_answer(response: str, answer_phrase: str = DEFAULT_ANSWER_PHRASES[0]) -> bool:
+    """Whether a generation opens with ``answer_phrase`` (leading whitespace aside): what every answer-first training
+    target does (``{answer phrase} {answer}.{marker} {rationale}``, :class:`~trl_safedistill.formats.answer_first.
+    AnswerFirstFormat`), so an answer-first generation that does not has not followed its mode tag."""
+    return response.lstrip().startswith(answer_phrase)
 
 
 def ratio_of_means(numerator: Sequence[float], denominator: Sequence[float], iters: int = 1000, alpha: float = 0.05,
@@ -66,7 +77,8 @@ def ratio_of_means(numerator: Sequence[float], denominator: Sequence[float], ite
 
 
 def compare_policies(correct: Mapping[str, Sequence[int]], tokens: Mapping[str, Sequence[float]],
-                     modes: Sequence[str], *, iters: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+                     modes: Sequence[str], *, opened: Mapping[str, Sequence[bool]] | None = None, iters: int = 1000,
+                     alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
     """The adaptive student's policies compared on the same items (module docstring).
 
     ``correct`` and ``tokens``: policy -> per-item 0/1 exact match and generated tokens, every policy over the same
@@ -74,6 +86,11 @@ def compare_policies(correct: Mapping[str, Sequence[int]], tokens: Mapping[str, 
     each item (the :data:`ROUTED` policy's). Returns ``{"n", "modes": {mode: count}, "policies": {policy:
     {"accuracy": Wilson CI, "tokens": bootstrap CI of the mean}}, "against_reference": {policy: {"accuracy":
     paired_test(policy, reference), "token_ratio": ratio_of_means(policy, reference)}}, "reference"}``.
+
+    ``opened`` (optional): policy -> per item, whether its generation opened with the answer phrase
+    (:func:`opens_with_answer`). Then ``"mode_followed"``: ``{policy: Wilson CI of the share of its answer-first
+    generations that opened with the answer}`` (``answer_first``: every item; ``adaptive``: the items routed
+    answer-first; ``None`` where the policy generated none answer-first).
     """
     missing = [p for p in POLICIES if p not in correct or p not in tokens]
     if missing:
@@ -91,6 +108,15 @@ def compare_policies(correct: Mapping[str, Sequence[int]], tokens: Mapping[str, 
         flags = [int(f) for f in correct[policy]]
         out["policies"][policy] = {"accuracy": proportion_ci(sum(flags), n, method="wilson", alpha=alpha),
                                    "tokens": bootstrap_ci(tokens[policy], iters, alpha=alpha, seed=seed)}
+    if opened is not None:
+        out["mode_followed"] = {}
+        for policy in POLICIES:
+            if len(opened.get(policy, ())) != n:
+                raise ValueError(f"compare_policies: 'opened' needs one flag per item ({n}) for policy {policy!r}")
+            answer_first = [bool(flag) for flag, mode in zip(opened[policy], modes if policy == ROUTED else
+                                                               [policy] * n) if mode == ANSWER_FIRST]
+            out["mode_followed"][policy] = (proportion_ci(sum(answer_first), len(answer_first), method="wilson",
+                                                          alpha=alpha) if answer_first else None)
     for policy in POLICIES:
         if policy == REFERENCE:
             continue

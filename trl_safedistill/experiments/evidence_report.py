@@ -63,7 +63,7 @@ from statsmodels.stats.weightstats import DescrStatsW
 
 from ..atomic import write_json, write_text
 from ..errors import UserError, run_command
-from ..evaluation.adaptive import POLICIES, ROUTED, compare_policies
+from ..evaluation.adaptive import POLICIES, ROUTED, compare_policies, opens_with_answer
 from ..evaluation.stats import (
     equivalence_test,
     matched_frontier,
@@ -217,6 +217,8 @@ def _read_items(path: Path) -> tuple[dict[str, dict[tuple[str, str], dict[str, A
                 raise UserError(f"{where}: field 'mode': a routed ({ROUTED!r} policy) row carries the mode its router "
                                 f"chose, and only such a row; this row has policy {policy!r}")
             if policy is not None:
+                if isinstance(row.get("response"), str):  # whether an answer-first generation followed its mode
+                    kept["opens_with_answer"] = opens_with_answer(row["response"])
                 if key in policies.setdefault(policy, {}):
                     raise UserError(f"{where}: field 'id': {kind} item {key} appears twice under policy {policy!r}")
                 policies[policy][key] = kept
@@ -661,9 +663,12 @@ def adaptive_thinking(run: Run, alpha: float) -> dict[str, Any]:
                                 f"{absent}; an adaptive unit holds every policy {list(POLICIES)} on the same items, rerun it")
             keysets = [set(unit.policies[p]) for p in POLICIES]
             keys = sorted(set.intersection(*keysets))
+            opened = None  # rows written without their response text cannot say whether the mode was followed
+            if all("opens_with_answer" in unit.policies[p][k] for p in POLICIES for k in keys):
+                opened = {p: [unit.policies[p][k]["opens_with_answer"] for k in keys] for p in POLICIES}
             result = compare_policies({p: [unit.policies[p][k]["correct"] for k in keys] for p in POLICIES},
                                       {p: [unit.policies[p][k]["tokens"] for k in keys] for p in POLICIES},
-                                      [unit.policies[ROUTED][k]["mode"] for k in keys],
+                                      [unit.policies[ROUTED][k]["mode"] for k in keys], opened=opened,
                                       iters=BOOT_ITERS, alpha=alpha, seed=BOOT_SEED)
             result["unmatched"] = len(set.union(*keysets)) - len(keys)
             out.setdefault(model, {})[str(seed)] = result
@@ -680,9 +685,13 @@ def _adaptive_lines(adaptive: Mapping[str, Any]) -> list[str]:
              "question answer-first, stopping after the answer). Accuracy with Wilson 95% CIs, generated tokens per "
              "question with bootstrap CIs; each policy against `standard`: accuracy difference (paired bootstrap CI, "
              "McNemar exact p) and the ratio of mean tokens (paired bootstrap CI). The unit's exact match above is "
-             "the `adaptive` policy's.", "",
+             "the `adaptive` policy's. \"Answer-first opens with the answer\": of the policy's answer-first "
+             "generations, the share that open with the answer phrase, as every answer-first training target does "
+             "(Wilson CI); a student that ignores its mode tag writes the rationale first, never reaches the stop "
+             "after the answer and saves no tokens.", "",
              "| model | seed | items | routed: think first / answer first | policy | accuracy | tokens / question | "
-             "accuracy - standard | p (McNemar) | tokens / standard |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "accuracy - standard | p (McNemar) | tokens / standard | answer-first opens with the answer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, per_seed in adaptive.items():
         for seed, result in per_seed.items():
             modes = result["modes"]
@@ -694,10 +703,12 @@ def _adaptive_lines(adaptive: Mapping[str, Any]) -> list[str]:
                 cells = ["reference", "", "reference"] if versus is None else [
                     _num_ci(versus["accuracy"]["diff"], versus["accuracy"]["ci"], 3), _p(versus["accuracy"]["p_value"]),
                     _num_ci(versus["token_ratio"]["value"], versus["token_ratio"]["ci"], 2)]
+                followed = result.get("mode_followed", {}).get(policy)
+                opened = "n/a" if followed is None else f"{followed['successes']}/{followed['n']}"
                 unmatched = f" ({result['unmatched']} unmatched)" if result["unmatched"] else ""
                 lines.append(f"| {model} | {seed} | {result['n']}{unmatched} | {mix} | {policy} | "
                              f"{_pct_ci(row['accuracy'])} | {_num_ci(tokens['value'], tokens['ci'], 1)} | "
-                             f"{' | '.join(cells)} |")
+                             f"{' | '.join(cells)} | {opened} |")
     return lines + [""]
 
 
@@ -976,7 +987,11 @@ def console_lines(summary: Mapping[str, Any]) -> list[str]:
             lines.append(f"adaptive thinking: {model} seed {seed}: {result['modes']['answer_first']}/{result['n']} routed "
                          f"answer-first; tokens x{_num_ci(versus['token_ratio']['value'], versus['token_ratio']['ci'], 2)}"
                          f" of standard, accuracy {_num_ci(versus['accuracy']['diff'], versus['accuracy']['ci'], 3)} "
-                         f"(McNemar p {_p(versus['accuracy']['p_value'])})")
+                         f"(McNemar p {_p(versus['accuracy']['p_value'])})"
+                         + ("" if result.get("mode_followed", {}).get("answer_first") is None else
+                            f"; forced answer-first opened with the answer in "
+                            f"{result['mode_followed']['answer_first']['successes']}/"
+                            f"{result['mode_followed']['answer_first']['n']}"))
     ranked = ", ".join(r["model"] for r in summary["ranking"]) or "none"
     lines.append(f"ranking (keeps safety, by retained gain): {ranked}")
     return lines
