@@ -78,7 +78,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -414,9 +413,14 @@ def main(argv: list[str] | None = None) -> int:
                              "points already there (continue on another machine)")
     parser.add_argument("--commit", action="store_true", help="with --results: git-commit each point as it finishes")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a size field")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' output: Trainer log dicts, progress bars, warnings")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    if not args.verbose:  # first, as the demo does: the libraries read some of its switches when they are imported
+        from .console import quiet_console
+
+        quiet_console()
     try:
         if args.grid and args.grid_file:
             raise ValueError("give --grid axes or --grid-file, not both")
