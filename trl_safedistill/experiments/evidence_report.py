@@ -686,8 +686,8 @@ def _adaptive_lines(adaptive: Mapping[str, Any]) -> list[str]:
              "question with bootstrap CIs; each policy against `standard`: accuracy difference (paired bootstrap CI, "
              "McNemar exact p) and the ratio of mean tokens (paired bootstrap CI). The unit's exact match above is "
              "the `adaptive` policy's. \"Answer-first opens with the answer\": of the policy's answer-first "
-             "generations, the share that open with the answer phrase, as every answer-first training target does "
-             "(Wilson CI); a student that ignores its mode tag writes the rationale first, never reaches the stop "
+             "generations, how many open with the answer phrase, as every answer-first training target does "
+             "(k/n; the Wilson CI is in summary.json); a student that ignores its mode tag writes the rationale first, never reaches the stop "
              "after the answer and saves no tokens.", "",
              "| model | seed | items | routed: think first / answer first | policy | accuracy | tokens / question | "
              "accuracy - standard | p (McNemar) | tokens / standard | answer-first opens with the answer |",
