@@ -687,8 +687,8 @@ def _adaptive_lines(adaptive: Mapping[str, Any]) -> list[str]:
              "McNemar exact p) and the ratio of mean tokens (paired bootstrap CI). The unit's exact match above is "
              "the `adaptive` policy's. \"Answer-first opens with the answer\": of the policy's answer-first "
              "generations, how many open with the answer phrase, as every answer-first training target does "
-             "(k/n; the Wilson CI is in summary.json); a student that ignores its mode tag writes the rationale first, never reaches the stop "
-             "after the answer and saves no tokens.", "",
+             "(k/n; the Wilson CI is in summary.json); a student that ignores its mode tag writes the rationale "
+             "first, never reaches the stop after the answer and saves no tokens.", "",
              "| model | seed | items | routed: think first / answer first | policy | accuracy | tokens / question | "
              "accuracy - standard | p (McNemar) | tokens / standard | answer-first opens with the answer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -984,14 +984,13 @@ def console_lines(summary: Mapping[str, Any]) -> list[str]:
     for model, per_seed in summary["adaptive"].items():
         for seed, result in per_seed.items():
             versus = result["against_reference"][ROUTED]
+            forced = result.get("mode_followed", {}).get("answer_first")
             lines.append(f"adaptive thinking: {model} seed {seed}: {result['modes']['answer_first']}/{result['n']} routed "
                          f"answer-first; tokens x{_num_ci(versus['token_ratio']['value'], versus['token_ratio']['ci'], 2)}"
                          f" of standard, accuracy {_num_ci(versus['accuracy']['diff'], versus['accuracy']['ci'], 3)} "
                          f"(McNemar p {_p(versus['accuracy']['p_value'])})"
-                         + ("" if result.get("mode_followed", {}).get("answer_first") is None else
-                            f"; forced answer-first opened with the answer in "
-                            f"{result['mode_followed']['answer_first']['successes']}/"
-                            f"{result['mode_followed']['answer_first']['n']}"))
+                         + ("" if forced is None else
+                            f"; forced answer-first opened with the answer in {forced['successes']}/{forced['n']}"))
     ranked = ", ".join(r["model"] for r in summary["ranking"]) or "none"
     lines.append(f"ranking (keeps safety, by retained gain): {ranked}")
     return lines
