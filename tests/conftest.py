@@ -60,11 +60,20 @@ def _bigbench_stand_in() -> str | None:
 BIGBENCH_STAND_IN = _bigbench_stand_in()
 
 
-def pytest_report_header(config):
+def _bigbench_line() -> str:
     if BIGBENCH_STAND_IN:
-        return [f"BIG-bench: the real archive is unavailable ({BIGBENCH_STAND_IN}); tests run on the synthetic "
-                "stand-in (tests/synthetic_bigbench.py) and tests of the real content skip"]
-    return ["BIG-bench: the real bigbench==1.0.0 archive"]
+        return (f"BIG-bench: the real archive is unavailable ({BIGBENCH_STAND_IN}); tests ran on the synthetic "
+                "stand-in (tests/synthetic_bigbench.py) and tests of the real content skipped")
+    return "BIG-bench: the real bigbench==1.0.0 archive"
+
+
+def pytest_report_header(config):
+    return [_bigbench_line()]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The same line at the end, where ``-q`` (which drops the header) still shows it."""
+    terminalreporter.write_line(_bigbench_line())
 
 
 @pytest.fixture
