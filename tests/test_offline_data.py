@@ -10,6 +10,7 @@ import random
 import pytest
 
 from trl_safedistill.data import offline
+from trl_safedistill.errors import UserError
 from trl_safedistill.evaluation import items, prepare
 
 
@@ -146,8 +147,9 @@ def test_an_index_without_the_sdist_names_where_to_put_a_copy(tmp_path, monkeypa
     listing = {"files": [{"filename": "bigbench-0.0.1.tar.gz", "url": "u", "hashes": {}}]}
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Listing(json.dumps(listing).encode()))
     expected = tmp_path / "sources" / "bigbench-1.0.0.tar.gz"
-    with pytest.raises(archives.OfflineDataError) as error:
+    with pytest.raises(archives.ArchiveNotServed) as error:
         offline.fetch("bigbench", tmp_path)
+    assert isinstance(error.value, offline.OfflineDataError) and isinstance(error.value, UserError)
     message = str(error.value)
     assert "lists no file bigbench-1.0.0.tar.gz" in message and "bigbench-0.0.1.tar.gz" in message
     assert message.endswith(f"at {expected}")

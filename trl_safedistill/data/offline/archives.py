@@ -29,9 +29,16 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import UserError
+
 
 class OfflineDataError(RuntimeError):
     """A source could not be fetched or read; the message names the archive and member."""
+
+
+class ArchiveNotServed(OfflineDataError, UserError):
+    """The package index no longer lists a pinned archive: the message names the cache path where a copy is read
+    instead. A :class:`~trl_safedistill.errors.UserError` too, so a command stops with that one line."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def _index_download(source: Source, directory: Path) -> None:
     files = [f for f in listing.get("files", []) if f.get("filename") == source.filename]
     if not files:
         listed = sorted(f.get("filename", "?") for f in listing.get("files", []))
-        raise OfflineDataError(
+        raise ArchiveNotServed(
             f"the package index lists no file {source.filename} for {package} (it lists: {', '.join(listed) or 'none'}); "
             f"place a copy of {source.filename}, or a .tar.gz of a BIG-bench checkout (any top folder holding "
             f"bigbench/benchmark_tasks/), at {directory / source.filename}"
