@@ -311,6 +311,13 @@ class DemoPipeline:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         logging.getLogger("transformers").setLevel(logging.ERROR)
         size, r = self.size, self.runner
+        import torch
+
+        from .training import bf16_speed_warning, cpu_flags
+
+        warning = bf16_speed_warning(size, torch.cuda.is_available(), cpu_flags())
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         data_fp = {"max_length": size.max_length, "model": size.model, "version": DATA_VERSION, "seed": size.seed,
                    "max_train_records": size.max_train_records, "curve_n_loss": size.curve_n_loss}
         r.run("prepare", data_fp, self.stage_prepare)
