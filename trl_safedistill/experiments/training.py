@@ -103,8 +103,9 @@ def bf16_speed_warning(size: RunSize, cuda: bool, flags: set[str] | None) -> str
     if not size.bf16 or cuda or flags is None or flags & set(NATIVE_BF16_FLAGS):
         return None
     return (f"warning: size '{size.name}' runs in bf16, and this CPU has no {' / '.join(NATIVE_BF16_FLAGS)}: bf16 is "
-            "emulated here, about 4x slower than float32 (measured on an AVX2 CPU); the size's timings in the README "
-            "were measured on an avx512_bf16 CPU. A new run can take --set bf16=false (its own results folder).")
+            "emulated here, about 4x slower than float32 (measured on an AVX2 CPU), and the size's timings in the "
+            "README (measured on an avx512_bf16 CPU) grow about 8-fold. A new run can take --set bf16=false (its own "
+            "results folder).")
 
 
 def model_init_kwargs(size: RunSize) -> dict[str, Any]:
