@@ -91,13 +91,18 @@ def task_files(count: int = 300, seed: int = 0) -> dict[str, dict]:
     return files
 
 
-def write_archive(path: Path, count: int = 300, seed: int = 0) -> Path:
-    """Write the synthetic sdist to ``path`` (``.tar.gz``) and return it."""
+def write_members(path: Path, members: dict[str, dict]) -> Path:
+    """Write a ``.tar.gz`` at ``path`` holding each ``{member path: JSON content}``; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as archive:
-        for key, content in task_files(count, seed).items():
+        for name, content in members.items():
             data = json.dumps(content).encode("utf-8")
-            info = tarfile.TarInfo(f"{PREFIX}{key}/task.json")
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return path
+
+
+def write_archive(path: Path, count: int = 300, seed: int = 0) -> Path:
+    """Write the synthetic sdist to ``path`` (``.tar.gz``) and return it."""
+    return write_members(path, {f"{PREFIX}{key}/task.json": content for key, content in task_files(count, seed).items()})

@@ -109,23 +109,16 @@ def test_bad_task_file_names_file_and_line(tmp_path):
 
 def test_a_checkout_archive_is_read_like_the_sdist(tmp_path):
     """A .tar.gz of a BIG-bench checkout (top folder ``BIG-bench-main``) gives the same tasks as the sdist layout."""
-    import io
-    import tarfile
-
     from trl_safedistill.data.offline import bigbench
 
+    from .synthetic_bigbench import write_members
+
     task = {"description": "d", "examples": [{"input": "q1", "target_scores": {"a": 1, "b": 0}}]}
-    archive = tmp_path / "sources" / offline.SOURCES["bigbench"].filename
-    archive.parent.mkdir(parents=True)
-    with tarfile.open(archive, "w:gz") as out:
-        for name in ("BIG-bench-main/bigbench/benchmark_tasks/alpha/task.json",
-                     "BIG-bench-main/bigbench/benchmark_tasks/beta/one/task.json",
-                     "BIG-bench-main/docs/benchmark_tasks/gamma/task.json",  # not under bigbench/: not a task
-                     "bigbench/benchmark_tasks/delta/task.json"):  # no top folder: not a task
-            data = json.dumps(task).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            out.addfile(info, io.BytesIO(data))
+    names = ("BIG-bench-main/bigbench/benchmark_tasks/alpha/task.json",
+             "BIG-bench-main/bigbench/benchmark_tasks/beta/one/task.json",
+             "BIG-bench-main/docs/benchmark_tasks/gamma/task.json",  # not under bigbench/: not a task
+             "bigbench/benchmark_tasks/delta/task.json")  # no top folder: not a task
+    write_members(tmp_path / "sources" / offline.SOURCES["bigbench"].filename, dict.fromkeys(names, task))
     assert bigbench.bigbench_task_names(tmp_path) == ["alpha", "beta"]
     examples = bigbench.bigbench_task_examples("beta", tmp_path)
     assert [(e["_subtask"], e["input"]) for e in examples] == [("beta/one", "q1")]
