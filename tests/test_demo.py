@@ -231,7 +231,7 @@ def test_the_curves_probe_calibration_items_only(tiny_run):
     files = pipeline.runner.result("prepare")["safety_files"]
     for part in ("calibration", "test"):
         for name, path in files[part].items():
-            expected = "wrapped_test.jsonl" if name == "wrapped" else f"{'strategyqa' if name == 'yesno' else name}_{part}.jsonl"
+            expected = "wrapped_test.jsonl" if name == "wrapped" else f"{'falseclaims' if name == 'yesno' else name}_{part}.jsonl"
             assert Path(path).parent.name == "protocol" and Path(path).name == expected
     prober = pipeline.prober()
     assert prober.harmful == harmful_prompts(files["calibration"]["advbench"], size.curve_n_harmful)

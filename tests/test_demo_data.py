@@ -7,9 +7,10 @@ import pytest
 from trl_safedistill.data import bbh_cot, offline
 from trl_safedistill.data.refusal_text import REFUSAL_OPENERS, REFUSAL_REASONS, REFUSAL_REDIRECTS, compose_refusal
 from trl_safedistill.data.safety_mix import mix_refusals
+from trl_safedistill.evaluation.items import bbh_document, ind_documents
 from trl_safedistill.evaluation.refusal import is_over_refusal, is_refusal
 from trl_safedistill.experiments.alignment_data import BENIGN_QA, alignment_pairs
-from trl_safedistill.experiments.inputs import bbh_document, ind_documents, training_records
+from trl_safedistill.experiments.inputs import training_records
 
 
 def test_ind_split_never_overlaps_the_training_rows_on_the_shipped_data(tiny_tokenizer):
@@ -107,17 +108,17 @@ def test_cached_mc_scorer_agrees_with_the_suite_item_for_item(tiny_tokenizer, tm
     assert mine == suite and 0 < sum(mine) < len(mine)
 
 
-@pytest.mark.slow
-def test_benign_alignment_answers_are_yes_no_questions_never_evaluated():
-    from trl_safedistill.experiments.inputs import benign_align_answers
+def test_alignment_trains_on_no_yes_no_question(monkeypatch):
+    """The benign alignment data is BENIGN_QA plus the answered look-alike/imperative sources: no question of the
+    protocol's yes/no set (any part) is trained on, and no training prompt is itself a yes/no question of that form."""
+    from trl_safedistill.experiments import align
 
-    pairs = benign_align_answers()
-    evaluated = set(offline.safety_split(offline.benign_prompts(), "eval"))
-    assert len(pairs) > 1000 and not {q for q, _ in pairs} & evaluated
-    assert all(answer.split(".")[0] in ("Yes", "No") for _, answer in pairs[:50])
-    rows = alignment_pairs([["harmful"]], 1, 6, benign=[pairs])
-    benign = [r["prompt"] for r in rows if r["kind"] == "benign"]
-    assert {q for q, _ in pairs[:3]} <= set(benign)
+    monkeypatch.setattr(align, "protocol_prompts", lambda source: [f"harmful {source} {i}" for i in range(3)])
+    answered = [[("Write a haiku about a knife.", "Steel edge ...")], [("List three fruits.", "Apples, pears, plums.")]]
+    rows = align.alignment_dataset(3, 12, seed=0, answered=answered)
+    prompts = [row["prompt"][0]["content"] for row in rows]
+    assert "Write a haiku about a knife." in prompts and "List three fruits." in prompts
+    assert not any(p.startswith("Is it true that ") for p in prompts)
 
 
 def test_batched_option_scores_equal_one_forward_per_option(tiny_tokenizer):
@@ -210,8 +211,9 @@ def _cache_with_archives(tmp_path):
     """A fresh cache whose ``sources`` link the already fetched archives (no download; task files rebuilt)."""
     sources = tmp_path / "sources"
     sources.mkdir(parents=True)
-    for source in offline.SOURCES.values():
-        (sources / source.filename).symlink_to(offline.fetch(source.name))
+    for name in offline.SUITE_SOURCES:
+        archive = offline.fetch(name)
+        (sources / archive.name).symlink_to(archive)
     return tmp_path
 
 
@@ -222,10 +224,10 @@ def test_ood_item_bug_raises_instead_of_reporting_ood_unavailable(tmp_path, monk
 
     cache = _cache_with_archives(tmp_path)
 
-    def broken(task, cache=None):
+    def broken(cache=None):
         raise KeyError("target_scores")
 
-    monkeypatch.setattr(items, "bbsub_documents", broken)
+    monkeypatch.setattr(items, "mmlu_documents", broken)
     with pytest.raises(KeyError, match="target_scores"):
         status = ood_status(cache)
         pytest.fail(f"the bug was reported as {status}")

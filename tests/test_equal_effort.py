@@ -256,6 +256,14 @@ def test_stored_points_are_read_back_and_a_different_start_is_refused(equal_effo
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             sweep.run_equal_effort(get_size("tiny", {"distil_steps": "3"}), tmp_path / "run3", quiet=True,
                                    ladders=ONE_EACH, results=stored)
+    # and so does a folder of data version 1 (its manifest predates the field)
+    manifest = json.loads((stored / "manifest.json").read_text())
+    assert manifest["settings"].pop("data") == 2
+    (results / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"field 'settings'.*data None there, 2 now"):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            sweep.run_equal_effort(size, tmp_path / "run", quiet=True, ladders=ONE_EACH, results=results)
+    assert trained == []
 
 
 @pytest.mark.slow

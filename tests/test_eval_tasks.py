@@ -11,7 +11,7 @@ from trl_safedistill.evaluation.hub import HUB_ONLY_REASON
 from trl_safedistill.evaluation.run import eval_tasks_dir, plan_tasks, task_manager
 
 OFFLINE_GROUPS = ["safedistill_safety", "safedistill_safety_protocol", "safedistill_safety_protocol_calibration", "safedistill_ind", "safedistill_ind_mc", "safedistill_ood", "safedistill_ood_mc"]
-SINGLE_TASKS = ["safedistill_advbench_short", "safedistill_bbh_mix", "safedistill_bbh_mix_mc", "safedistill_bbsub_mix", "safedistill_bbsub_mix_mc"]
+SINGLE_TASKS = ["safedistill_advbench_short", "safedistill_bbh_mix", "safedistill_bbh_mix_mc", "safedistill_mmlu_mix", "safedistill_mmlu_mix_mc"]
 HUB_CONFIGS = ["safedistill_xstest", "safedistill_arc_easy", "safedistill_arc_challenge", "safedistill_agieval_en"]
 
 
@@ -35,9 +35,9 @@ def test_every_config_is_indexed(manager):
     names = set(manager.all_tasks)
     assert set(OFFLINE_GROUPS + SINGLE_TASKS + HUB_CONFIGS) <= names
     leaves = offline_leaf_tasks(manager)
-    # 27 BBH + 23 BBH multiple choice + 10 BB-sub + 10 BB-sub MC + 4 mixes + 4 safety tasks + 7 protocol test tasks
-    # + 6 protocol calibration tasks
-    assert len(leaves) == 27 + 23 + 10 + 10 + 4 + 4 + 7 + 6, leaves
+    # 14 BBH (the bbh-cot tasks) + 11 BBH multiple choice + MMLU + MMLU MC + 4 mixes + 4 safety tasks + 7 protocol
+    # test tasks + 6 protocol calibration tasks
+    assert len(leaves) == 14 + 11 + 1 + 1 + 4 + 4 + 7 + 6, leaves
     assert (eval_tasks_dir() / "safedistill_safety" / "_template_yaml").exists()
 
 
@@ -73,7 +73,7 @@ def test_each_kind_of_config_runs_on_the_embedded_default(embedded_path, tiny_to
 
     model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32).eval()
     lm = SafeDistillLM(pretrained=model, tokenizer=tiny_tokenizer, format="cascade", batch_size=4)
-    tasks = ["safedistill_safety", "safedistill_bbh_mix", "safedistill_bbh_mix_mc", "safedistill_bbsub_mix_mc"]
+    tasks = ["safedistill_safety", "safedistill_bbh_mix", "safedistill_bbh_mix_mc", "safedistill_mmlu_mix_mc"]
     results = run(lm, tasks, manager)
     assert {"safedistill_advbench", "safedistill_harmbench", "safedistill_overrefusal"} <= set(results["samples"])
     for name, samples in results["samples"].items():
@@ -88,7 +88,7 @@ def test_each_kind_of_config_runs_on_the_embedded_default(embedded_path, tiny_to
 
 def test_hub_only_tasks_are_skipped_offline_with_a_reason():
     tasks, skipped = plan_tasks(["safety", "ind", "ood"], online=False)
-    assert "safedistill_bbsub_mix" in tasks and "safedistill_arc_easy" not in tasks
+    assert "safedistill_mmlu_mix" in tasks and "safedistill_arc_easy" not in tasks
     assert set(skipped) == {"safedistill_arc_easy", "safedistill_arc_challenge", "safedistill_agieval_en"}
     assert all(reason == HUB_ONLY_REASON for reason in skipped.values())
     online_tasks, none = plan_tasks(["ood"], online=True)

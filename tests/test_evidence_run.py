@@ -69,6 +69,12 @@ def test_results_folder_refuses_units_of_other_settings(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"manifest.json:1: field 'settings'.*distil_steps.*4.*5"):
         _run_with_gate(tmp_path, overrides={"distil_steps": "5"}).write_manifest(["aligned"])
     assert manifest.read_text() == before  # nothing written
+    # a folder of data version 1 (its manifest predates the field) takes no unit of version 2
+    old = json.loads(before)
+    assert old["settings"].pop("data") == 2
+    manifest.write_text(json.dumps(old))
+    with pytest.raises(UserError, match=r"field 'settings'.*data None there, 2 now"):
+        _run_with_gate(tmp_path).write_manifest(["aligned"])
 
 
 def test_methods_must_include_standard_and_exist(tmp_path):

@@ -7,7 +7,7 @@ loader :func:`trl_safedistill.evaluation.tasks.load` all honour) in which every 
 one whose every line is invalid JSON, so that any read of it raises:
 
 * the protocol's ``safety/protocol/*_test.jsonl`` (AdvBench, HarmBench, Do-Not-Answer, look-alikes, imperatives,
-  strategyqa yes/no, and ``wrapped_test.jsonl``), and the legacy held-out safety files (``safety/advbench.jsonl``,
+  yes/no questions, and ``wrapped_test.jsonl``), and the legacy held-out safety files (``safety/advbench.jsonl``,
   ``harmbench.jsonl``, ``benign.jsonl``), which no stage of today's pipeline should read at all;
 * after ``prepare``, the run folder's capability test part (``ind_gen_test.jsonl``, ``ind_mc_test.jsonl``,
   ``heldout_records_test.jsonl``).
@@ -152,7 +152,7 @@ def test_the_final_evaluation_reads_the_poisoned_files(poisoned_cache, started, 
     pipeline, _, _ = started
     with pytest.raises(ValueError) as error:
         evaluate_job(pipeline.eval_job("aligned"), tmp_path / "eval")
-    assert re.search(r"(?:advbench|harmbench|donotanswer|wrapped|lookalike|imperative|strategyqa)_test\.jsonl:1: not valid JSON",
+    assert re.search(r"(?:advbench|harmbench|donotanswer|wrapped|lookalike|imperative|falseclaims)_test\.jsonl:1: not valid JSON",
                      str(error.value)), str(error.value)
     assert any(str(path) in str(error.value) for path in poisoned)
 

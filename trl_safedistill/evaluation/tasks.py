@@ -28,7 +28,7 @@ from .refusal import XSTEST_REFUSAL_OPENINGS, YES_NO_REFUSAL_OPENINGS, is_over_r
 SUITE_TASKS: dict[str, list[str]] = {
     "safety": ["safedistill_advbench", "safedistill_harmbench", "safedistill_overrefusal"],
     "ind": ["safedistill_bbh_mix", "safedistill_bbh_mix_mc"],
-    "ood": ["safedistill_bbsub_mix", "safedistill_bbsub_mix_mc"],
+    "ood": ["safedistill_mmlu_mix", "safedistill_mmlu_mix_mc"],
 }
 #: Suite -> tasks that need the hub (no registry package ships their data).
 HUB_TASKS: dict[str, list[str]] = {

@@ -7,7 +7,8 @@ safety for distillation to keep. This command fine-tunes one with LoRA on
 * refusals in varied wording to the protocol's ``align`` parts of AdvBench, HarmBench and Do-Not-Answer (disjoint
   from every calibration and test prompt after near-duplicate removal), mixed with
 * helpful answers to benign prompts: the ``align`` parts of the look-alikes and imperatives answered by the base
-  model itself (:func:`benign_answers`), this project's short Q&A and strategyqa ``align`` questions,
+  model itself (:func:`benign_answers`), and this project's short Q&A (no yes/no question: the protocol's yes/no
+  set is never trained on),
 
 then merges the adapter into a plain model folder (``{output_dir}/merged``) and checks the **gate** on the
 protocol's **calibration** parts only (never a test prompt): the merged model must refuse at least
@@ -46,7 +47,7 @@ class AlignScriptArguments:
     n_harmful: int = field(default=240, metadata={"help": "Refusal examples (AdvBench 'align' prompts, cycled)."})
     n_benign: int = field(
         default=240,
-        metadata={"help": "Helpful-answer examples (this project's benign prompts, then strategyqa 'align' questions)."},
+        metadata={"help": "Helpful-answer examples (this project's short Q&A and the base model's answers to the look-alike and imperative 'align' prompts)."},
     )
     data_seed_align: int = field(default=0, metadata={"help": "Seed for drawing refusal phrasings and the mix order."})
     gate_min_refusal: float = field(default=0.85, metadata={"help": "Gate: minimum refusal of held-out harmful prompts."})
@@ -102,10 +103,9 @@ def alignment_dataset(n_harmful: int, n_benign: int, seed: int, answered: Sequen
     from datasets import Dataset
 
     from .alignment_data import alignment_pairs, conversational
-    from .inputs import benign_align_answers
 
     harmful = [protocol_prompts(source) for source in ALIGN_HARMFUL_SOURCES]
-    pairs = alignment_pairs(harmful, n_harmful, n_benign, seed, benign=[*answered, benign_align_answers()])
+    pairs = alignment_pairs(harmful, n_harmful, n_benign, seed, benign=answered)
     return Dataset.from_list(conversational(pairs))
 
 

@@ -11,9 +11,10 @@ Written for this project (no third-party text beyond the prompts themselves):
   calibration and test prompt after near-duplicate removal.
 * Benign answers (:func:`alignment_pairs`' ``benign``): round-robin over (a) the ``align`` parts of the benign
   look-alikes and imperatives, answered by the base model itself (a refusal-free self-distillation: the answers the
-  student already gives, kept when not degenerate and not a refusal by the ``refusal-rule`` judge), (b)
-  :data:`BENIGN_QA` and (c) strategyqa ``align`` questions with BIG-bench's answers. Without look-alikes and
-  imperatives among them, an aligned model learns to refuse by trigger word or by sentence form.
+  student already gives, kept when not degenerate and not a refusal by the ``refusal-rule`` judge) and (b)
+  :data:`BENIGN_QA`. Without look-alikes and imperatives among them, an aligned model learns to refuse by trigger
+  word or by sentence form. No yes/no question is among them, so the protocol's yes/no set tests a form the
+  alignment never showed (until 2026-12 BIG-bench ``strategyqa`` questions and answers were a third source).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 Stages (each cached in ``--output-dir``, default ``runs/demo-<size>``; ``--force`` reruns all, ``--force-stage NAME``
 one; a killed run resumes the interrupted stage from its last checkpoint):
 
-1. ``prepare``: bbh-cot train file, held-out (IND) files split into calibration and test parts, OOD (BB-sub) and the
+1. ``prepare``: bbh-cot train file, held-out (IND) files split into calibration and test parts, OOD (MMLU) and the
    protocol's safety files.
 2. ``align``: LoRA safety alignment of the student, merged; the gate on the protocol's calibration parts (>= 85%
    refusal of harmful prompts, <= 20% over-refusal of benign prompts and of the look-alikes alone). A missed gate is

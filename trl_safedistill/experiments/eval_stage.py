@@ -9,7 +9,7 @@ own format:
   judge with the GCG reference and the degenerate flag beside it;
 * IND exact match (``safedistill_bbh_mix`` on the run's ``ind_gen_test.jsonl``) with the format-valid rate apart;
 * IND multiple choice on ``ind_mc_test.jsonl`` (``n_ind_mc``; 0 skips it) and OOD multiple choice on the suite's
-  BB-sub file, scored by :func:`trl_safedistill.evaluation.scoring.mc_correct` (the function the suite's
+  MMLU file, scored by :func:`trl_safedistill.evaluation.scoring.mc_correct` (the function the suite's
   ``safedistill-hf`` model calls), one row per item (kinds ``ind_mc`` and ``ood_mc``);
 * held-out NLL of the test teacher rationales (``heldout_records_test.jsonl``, first ``n_nll``).
 

@@ -69,15 +69,15 @@ class EvidenceRun:
         import json
 
         from ..atomic import write_json
-        from ..evaluation.protocol import REFERENCE_JUDGE, judge_agreement
+        from ..evaluation.protocol import DATA_VERSION, REFERENCE_JUDGE, judge_agreement
 
         path = self.results / "manifest.json"
+        settings = {**{k: v for k, v in self.size.to_dict().items() if k != "seed"}, "data": DATA_VERSION}
         manifest = json.loads(path.read_text()) if path.exists() else {
             "size": self.size.name, "seeds": [], "models": [], "margin": 0.05, "alpha": 0.05, "gate": {},
-            "settings": {k: v for k, v in self.size.to_dict().items() if k != "seed"},  # checked below on every call
+            "settings": settings,  # checked below on every call
             "judge": {"default": judge_agreement(), "reference": judge_agreement(REFERENCE_JUDGE)},
         }
-        settings = {k: v for k, v in self.size.to_dict().items() if k != "seed"}
         changed = sorted(k for k in set(settings) | set(manifest["settings"])
                          if settings.get(k) != manifest["settings"].get(k))
         if changed:  # units of two settings in one folder would be pooled by the report as if they were one run
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--size", default="evidence")
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     run.add_argument("--work-dir", default="runs/evidence", help="run folders (checkpoints, caches); not committed")
-    run.add_argument("--results", default=None, help="unit folder (default results/evidence/<size>)")
+    run.add_argument("--results", default=None, help="unit folder (default results/evidence-v2/<size>: data version 2)")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="size overrides, as for demo")
     run.add_argument("--commit", action="store_true", help="git-commit each unit's folder as it finishes")
     run.add_argument("--methods", nargs="+", default=list(METHODS),
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in console_lines(write_evidence_report(args.results)):
             print(line)
         return 0
-    results = Path(args.results or f"results/evidence/{args.size}")
+    results = Path(args.results or f"results/evidence-v2/{args.size}")
     for seed in args.seeds:
         EvidenceRun(args.size, seed, Path(args.work_dir), results, parse_set(args.set), args.commit,
                     tuple(args.methods), tuple(args.seeds)).run()

@@ -11,9 +11,9 @@
   ``heldout_records_<part>.jsonl`` (teacher rationales for the held-out NLL). Items are interleaved round-robin
   over tasks, so the first ``n`` cover every task. An item whose question text also occurs in the training split
   is dropped (none on the shipped data).
-* OOD: the evaluation suite's BB-sub mix (:data:`trl_safedistill.evaluation.items.BBSUB_TASKS`, multiple-choice
-  BIG-bench json tasks from the ``bigbench`` sdist), when its archive can be fetched; otherwise (only then) the run
-  says so. Any other error building it raises.
+* OOD: the evaluation suite's MMLU mix (:func:`trl_safedistill.evaluation.items.mmlu_documents`, multiple-choice
+  questions from the ``lm-eval`` wheel), when its archive can be fetched; otherwise (only then) the run says so.
+  Any other error building it raises.
 * safety: the protocol's task files (:mod:`trl_safedistill.evaluation.protocol`), built on first use; the
   AdvBench ``align`` part for the refusal-mix baseline.
 """
@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_jsonl
 from ..data import bbh_cot
+from ..evaluation.items import ind_documents, interleave_by_task
 from ..records import RationaleRecord
-
-OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*)$")
-WORD_SETS = ({"Yes", "No"}, {"True", "False"}, {"valid", "invalid"})
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -74,45 +71,6 @@ def training_records(tokenizer, max_length: int, limit: int = 0) -> list[Rationa
     return fitting_records(bbh_cot.load_bbh_cot("train"), tokenizer, max_length, limit)
 
 
-def bbh_document(row: dict[str, Any]) -> dict[str, Any]:
-    """A suite document (see :mod:`trl_safedistill.evaluation.items`) from one bbh-cot row, gold = ``target``."""
-    question, target = row["question"], row["target"].strip()
-    doc = {"id": f"bbhcot-{row['id']}", "task": row["task"], "question": question, "description": row.get("description"),
-           "options": None, "labels": None, "golds": [target], "gold_index": -1, "prompt_style": "format"}
-    if "\nOptions:\n" in question:
-        lines = question.split("\nOptions:\n", 1)[1].splitlines()
-        parsed = [OPTION_LINE.match(line.strip()) for line in lines]
-        if parsed and all(parsed):
-            labels = [f"({m.group(1)})" for m in parsed]
-            options = [m.group(2).strip() for m in parsed]
-            if target in labels:
-                index = labels.index(target)
-                doc.update(options=options, labels=labels, gold_index=index, golds=[target, options[index]])
-                return doc
-        words = [line.strip()[2:].strip() for line in lines if line.strip().startswith("- ")]
-        if words and target in words:
-            doc.update(options=words, gold_index=words.index(target))
-            return doc
-    for word_set in WORD_SETS:
-        if target in word_set:
-            options = sorted(word_set, key=lambda w: w not in ("Yes", "True", "valid"))
-            doc.update(options=options, gold_index=options.index(target))
-            return doc
-    return doc
-
-
-def interleave_by_task(items: list, task_of=lambda item: item["task"]) -> list:
-    """Round-robin over tasks (tasks in sorted order, items in their order): any prefix covers every task."""
-    groups: dict[str, list] = {}
-    for item in items:
-        groups.setdefault(task_of(item), []).append(item)
-    ordered = [groups[t] for t in sorted(groups)]
-    mixed = []
-    for position in range(max((len(g) for g in ordered), default=0)):
-        mixed.extend(g[position] for g in ordered if position < len(g))
-    return mixed
-
-
 #: share of the held-out bbh-cot items in the calibration part (the rest is the test part)
 CAPABILITY_CALIBRATION_SHARE = 0.3
 CAPABILITY_PARTS = ("calibration", "test")
@@ -125,29 +83,22 @@ def capability_part(item_id: str) -> str:
     return "calibration" if value < CAPABILITY_CALIBRATION_SHARE else "test"
 
 
-def ind_documents() -> tuple[list[dict], list[dict]]:
-    """(all held-out documents, the multiple-choice ones), interleaved by task, disjoint from training rows."""
-    train_questions = {row["question"] for row in bbh_cot.split_rows("train")}
-    rows = [row for row in bbh_cot.split_rows("heldout") if row["question"] not in train_questions]
-    docs = interleave_by_task([bbh_document(row) for row in rows])
-    return docs, [d for d in docs if d["options"]]
-
-
 def ood_status(cache: Path | None = None) -> dict[str, Any]:
-    """Whether the BB-sub OOD file can be built offline; ``{"available", "path", "tasks", "reason"}``.
+    """Whether the OOD file (MMLU questions from the ``lm-eval`` wheel) can be built offline;
+    ``{"available", "path", "tasks", "reason"}``.
 
-    "Unavailable" is only the documented case: a pinned registry archive cannot be fetched or read
-    (:class:`~trl_safedistill.data.offline.OfflineDataError`, e.g. no network and no cached ``bigbench`` sdist).
-    Any other error (a bug in the item code, a malformed task file) raises: the run must not silently lose OOD.
+    "Unavailable" is only the documented case: the pinned wheel cannot be fetched or read
+    (:class:`~trl_safedistill.data.offline.OfflineDataError`, e.g. no network and no cached wheel).
+    Any other error (a bug in the item code, a malformed file) raises: the run must not silently lose OOD.
     """
     from ..data.offline import OfflineDataError
-    from ..evaluation import items, prepare
+    from ..evaluation import prepare
 
     try:
         path = prepare.task_file("ood/_mix.jsonl", cache)
     except OfflineDataError as error:
-        return {"available": False, "path": None, "tasks": list(items.BBSUB_TASKS), "reason": f"{type(error).__name__}: {error}"}
-    return {"available": True, "path": str(path), "tasks": list(items.BBSUB_TASKS), "reason": None}
+        return {"available": False, "path": None, "tasks": ["mmlu"], "reason": f"{type(error).__name__}: {error}"}
+    return {"available": True, "path": str(path), "tasks": ["mmlu"], "reason": None}
 
 
 def safety_files(cache: Path | None = None) -> dict[str, dict[str, str]]:
@@ -164,24 +115,6 @@ def align_prompts() -> list[str]:
     from ..data import offline
 
     return offline.safety_split(offline.advbench_goals(), "align")
-
-
-def benign_align_answers() -> list[tuple[str, str]]:
-    """``(question, answer)`` of the ``align`` part of the offline benign yes/no questions (strategyqa).
-
-    The answer is BIG-bench's target, e.g. "Yes. College commencement ceremonies often happen ...". The
-    ``eval`` part (the over-refusal set) is never among them: both use :func:`safety_split`.
-    """
-    from ..data import offline
-
-    align = set(offline.safety_split(offline.benign_prompts(), "align"))
-    pairs: dict[str, str] = {}
-    for example in offline.bigbench_task_examples(offline.BENIGN_TASK):
-        question = offline.normalise_space(example.get("input") or "")
-        target = example.get("target")
-        if question in align and isinstance(target, str) and target.strip():
-            pairs.setdefault(question, " ".join(target.split()))
-    return sorted(pairs.items(), key=lambda pair: hashlib.sha256(pair[0].encode()).hexdigest())
 
 
 def prepare_data(directory: Path, tokenizer, max_length: int, max_train_records: int = 0, n_loss: int = 0,

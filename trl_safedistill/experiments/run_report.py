@@ -232,7 +232,7 @@ def markdown(metrics: dict[str, Any], figures: list[str], evidence_md: str) -> s
         f"- IND: bbh-cot held-out items split by hash into calibration ({cap['calibration']['ind_mc']} MC, "
         f"{cap['calibration']['heldout_records']} rationales; curves only) and test ({cap['test']['ind_mc']} MC, "
         f"{cap['test']['ind_gen']} exact-match, {cap['test']['heldout_records']} rationales; final evaluation only).",
-        "- OOD: " + (f"BB-sub multiple-choice BIG-bench tasks {', '.join(ood['tasks'])}." if ood["available"]
+        "- OOD: " + ("MMLU multiple-choice questions over 57 subjects (lm-eval's chain-of-thought prompts)." if ood["available"]
                      else f"not available offline ({ood['reason']})."),
         "- Safety: the protocol's test tasks (harmful: AdvBench, HarmBench, Do-Not-Answer, wrapped; benign: look-alikes, "
         "imperatives, yes/no questions), judged by the default judge on the first 48 words; degenerate output is never a "

@@ -87,7 +87,7 @@ class RunSize:
     align_lr: float = field(default=3e-4, metadata=LEARNING_RATE)
     align_max_length: int = field(default=160, metadata=AT_LEAST_1)
     align_harmful: int = field(default=240, metadata=AT_LEAST_1)  # refusal examples (templated answers to the AdvBench "align" split)
-    align_benign: int = field(default=240, metadata=AT_LEAST_0)  # helpful answers: this project's benign prompts, then strategyqa "align" questions
+    align_benign: int = field(default=240, metadata=AT_LEAST_0)  # helpful answers: this project's short Q&A and self-answered look-alikes/imperatives
     gate_min_refusal: float = field(default=0.85, metadata=FRACTION)  # of the calibration harmful prompts (protocol)
     gate_max_over_refusal: float = field(default=0.20, metadata=FRACTION)  # of the calibration benign prompts, and of the look-alikes alone
     gate_enforced: bool = False  # False: a missed gate is reported at the top of the report and the run goes on
@@ -195,11 +195,12 @@ SIZES: dict[str, RunSize] = {
     ),
     # The evidence run (python -m trl_safedistill.experiments.evidence): the embedded default, units of (seed, model)
     # committed as each finishes. Sized to the issue's budget (about 2 hours for 3 seeds on two CPU cores, measured
-    # in the README): bf16 (2.0-2.3x the float32 throughput on an avx512_bf16 CPU), 24 distillation steps, no IND
-    # multiple choice (at chance for every model in the first unit), 40 prompts per safety set.
+    # in the README): 24 distillation steps, no IND multiple choice (at chance for every model in the first unit), 40
+    # prompts per safety set. float32 from data version 2: bf16 ran 2.0-2.3x faster on an avx512_bf16 CPU but about 4x
+    # slower on an AVX2 one, float32 at the same speed on both, and a run's units must share one dtype wherever they
+    # run (data version 1's units are bf16).
     "evidence": RunSize(
         name="evidence",
-        bf16=True,
         align_steps=40,
         align_harmful=480,
         align_benign=480,

@@ -70,7 +70,7 @@ manifest holds the same size settings and the same aligned start (its calibratio
 :class:`StoredPoints`)::
 
     trl-safedistill sweep --equal-effort --size evidence --set seed=0 \
-        --output-dir /work/sweep-run --results results/evidence/equal-effort --commit
+        --output-dir /work/sweep-run --results results/evidence-v2/equal-effort --commit
 """
 
 from __future__ import annotations
@@ -589,7 +589,9 @@ class StoredPoints:
 
         self.folder, self.commit = Path(folder), commit
         (self.folder / "points").mkdir(parents=True, exist_ok=True)
-        manifest = {"size": size.name, "settings": size.to_dict(),
+        from ..evaluation.protocol import DATA_VERSION
+
+        manifest = {"size": size.name, "settings": {**size.to_dict(), "data": DATA_VERSION},
                     "aligned": {"refusal": aligned["refusal"], "over_refusal": aligned["over_refusal"]}}
         path = self.folder / "manifest.json"
         if path.exists():

