@@ -205,3 +205,26 @@ def test_teach_reads_a_bigbench_task_from_a_placed_sdist(tmp_path, monkeypatch):
     questions = sorted(load_questions("bigbench:colors"), key=lambda q: q.id)
     assert [(q.id, q.task, q.gold) for q in questions] == [("colors.easy-0", "colors_easy", "(B)"), ("colors.sums-0", "colors_sums", "4")]
     assert questions[0].question == "Which is red?\nOptions:\n(A) sky\n(B) rose" and questions[0].description == "Pick one."
+
+
+def test_a_cache_of_another_data_version_is_rebuilt_before_it_is_read(built_cache, tmp_path):
+    """A cache prepared before data version 2 (its manifest has no data_version; ood/_mix.jsonl held BIG-bench items)
+    is rebuilt on the first read, so no run reads the stale file under the current name."""
+    from trl_safedistill.evaluation.protocol import DATA_VERSION
+
+    cache, _ = built_cache
+    stale = tmp_path / "stale"
+    (stale / "sources").mkdir(parents=True)
+    for archive in (cache / "sources").iterdir():
+        if archive.is_symlink():
+            (stale / "sources" / archive.name).symlink_to(archive.resolve())
+    (stale / "eval" / "ood").mkdir(parents=True)
+    (stale / "eval" / "ood" / "_mix.jsonl").write_text('{"id": "anachronisms-1", "task": "anachronisms"}\n')
+    (stale / "eval" / "manifest.json").write_text(json.dumps({"files": {"ood/_mix": 1}}))
+    assert prepare.data_version(stale) == 1
+    path = prepare.task_file("ood/_mix.jsonl", stale)
+    docs = prepare.read_documents(path)
+    assert len(docs) == 280 and all(d["task"].startswith("mmlu_") for d in docs)
+    manifest = json.loads((stale / "eval" / "manifest.json").read_text())
+    assert manifest["data_version"] == DATA_VERSION and "ood/_mix" in manifest["files"] and "ind/_mix" in manifest["files"]
+    assert prepare.data_version(stale) == DATA_VERSION

@@ -13,7 +13,7 @@ Layout under ``<cache>/eval/`` (``cache`` = :func:`trl_safedistill.models.cache_
     safety/protocol/near_duplicates.jsonl  every removed duplicate with the item it duplicates and the score
     ind/<bbh task>.jsonl         held-out items of the 14 bbh-cot tasks; ind/_mix.jsonl: 40 of each, interleaved
     ood/mmlu.jsonl               every parseable MMLU question (57 subjects); ood/_mix.jsonl: all of them, interleaved
-    manifest.json                sources, counts, the split rule
+    manifest.json                data version, sources, counts, the split rule
 
 AGIEval and ARC are not built: no registry package ships them. Their tasks read the hub and are
 skipped, with a message, when the hub cannot be reached (see :mod:`.hub`).
@@ -28,6 +28,7 @@ from pathlib import Path
 from ..atomic import write_jsonl
 from ..data import offline
 from . import items
+from .protocol import DATA_VERSION
 
 SUITES: tuple[str, ...] = ("safety", "ind", "ood")
 OFFLINE_UNAVAILABLE = {"ood": ["arc_easy", "arc_challenge", "agieval (English multiple-choice)"]}
@@ -117,6 +118,9 @@ def prepare(suites: Iterable[str] = SUITES, cache: Path | str | None = None) -> 
         raise ValueError(f"unknown suite(s) {unknown}; choose from {list(SUITES)}")
     manifest_path = eval_dir(cache) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"files": {}}
+    if manifest.get("data_version") != DATA_VERSION:  # files of another data version are not this one's
+        manifest = {"files": {}}
+    manifest["data_version"] = DATA_VERSION
     for suite in suites:
         manifest["files"].update(PREPARERS[suite](cache))
     manifest["sources"] = {name: offline.SOURCES[name].spec for name in offline.SUITE_SOURCES}
@@ -133,11 +137,27 @@ def prepare(suites: Iterable[str] = SUITES, cache: Path | str | None = None) -> 
     return manifest
 
 
-def task_file(relative: str, cache: Path | str | None = None) -> Path:
-    """The prepared file ``relative`` (``ind/_mix.jsonl``), building its suite first when it is missing."""
-    path = eval_dir(cache) / relative
+def data_version(cache: Path | str | None = None) -> int | None:
+    """The data version the prepared files were built with (``manifest.json``; 1 when it predates the field, 0 when it
+    cannot be read), ``None`` when none were built."""
+    path = eval_dir(cache) / "manifest.json"
     if not path.exists():
-        suite = relative.split("/")[0]
+        return None
+    try:
+        return json.loads(path.read_text()).get("data_version", 1)
+    except (json.JSONDecodeError, AttributeError):
+        return 0
+
+
+def task_file(relative: str, cache: Path | str | None = None) -> Path:
+    """The prepared file ``relative`` (``ind/_mix.jsonl``), building its suite first when it is missing. When the
+    cache holds files of another data version (:data:`~.protocol.DATA_VERSION`), every suite is rebuilt first, so
+    no run reads a stale file under a current name."""
+    path = eval_dir(cache) / relative
+    suite = relative.split("/")[0]
+    if data_version(cache) not in (None, DATA_VERSION):
+        prepare(SUITES, cache)
+    if not path.exists():
         if suite not in PREPARERS:
             raise FileNotFoundError(f"{path}: not a prepared evaluation file (suite '{suite}' unknown)")
         prepare([suite], cache)
