@@ -91,3 +91,35 @@ def test_methods_must_include_standard_and_exist(tmp_path):
     run.done = lambda name: True  # every unit present: nothing trains
     run.run()
     assert calls == [["aligned", "standard", "slowed", "standard_lr1e-3", "standard_step2"]]
+
+
+def test_each_seed_generates_its_own_exact_match_items(tmp_path, monkeypatch):
+    """ind_gen_by_seed: seeds 0-2 of the evidence size take disjoint slices of 100 test items (300 distinct), each
+    covering every task; a seed past the end wraps around; the generation reads exactly that seed's slice."""
+    from trl_safedistill.atomic import write_jsonl
+    from trl_safedistill.experiments import eval_stage
+    from trl_safedistill.experiments.sizes import get_size
+
+    assert eval_stage.seed_items(list(range(10)), 1, 4) == [4, 5, 6, 7]
+    assert eval_stage.seed_items(list(range(10)), 2, 4) == [8, 9, 0, 1]  # wraps
+    assert eval_stage.seed_items(list(range(3)), 0, 5) == [0, 1, 2] and eval_stage.seed_items([], 0, 5) == []
+    items = [{"id": f"t{i % 14}-{i}", "task": f"t{i % 14}"} for i in range(482)]  # interleaved like ind_gen_test.jsonl
+    slices = [eval_stage.seed_items(items, seed, 100) for seed in (0, 1, 2)]
+    ids = [d["id"] for s in slices for d in s]
+    assert len(ids) == len(set(ids)) == 300 and all(len({d["task"] for d in s}) == 14 for s in slices)
+
+    write_jsonl(tmp_path / "ind_gen_test.jsonl", items)
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, fmt, limit, override_files, **kwargs):
+        seen["limit"], seen["file"] = limit, override_files["ind/_mix.jsonl"]
+        return {"summary": {}, "generation_items": []}
+
+    monkeypatch.setattr("trl_safedistill.evaluation.run.evaluate_model", fake_evaluate)
+    size = get_size("evidence", {"seed": 1})
+    assert size.ind_gen_by_seed and size.n_ind_gen == 100
+    eval_stage.ind_gen_rows(None, None, "standard", size, tmp_path, tmp_path / "unit")
+    written = [json.loads(line)["id"] for line in open(seen["file"])]
+    assert seen["limit"] == 100 and written == [d["id"] for d in slices[1]]
+    eval_stage.ind_gen_rows(None, None, "standard", get_size("tiny"), tmp_path, tmp_path / "unit2")
+    assert seen["file"] == str(tmp_path / "ind_gen_test.jsonl")  # other sizes: the first n_ind_gen, as before

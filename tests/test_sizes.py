@@ -109,7 +109,7 @@ def test_presets_are_unchanged():
     assert hashlib.sha256(presets.encode()).hexdigest() == PRESETS_SHA256
 
 
-PRESETS_SHA256 = "4acc4f13c54d8b886e1f9cb87c173d212b09608498fa7338a9d4e250903a66b2"
+PRESETS_SHA256 = "ca75f40b05bd7e3b7c27d84afb56d502c42e7058ce8b0101d8235912facddc26"
 
 
 def test_bf16_warning_only_on_a_cpu_without_native_bf16(tmp_path):

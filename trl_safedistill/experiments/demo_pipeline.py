@@ -31,7 +31,7 @@ ALIGN_KEYS = ("model", "load_in_4bit", "use_peft", "lora_r", "lora_alpha", "lora
 TRAIN_KEYS = ("model", "load_in_4bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "distil_steps", "distil_batch",
               "distil_lr", "full_ft_lr", "lower_lrs", "max_length", "max_train_records", "refusal_mix_fraction", "keep_checkpoints", "curve_every", "seed", "bf16",
               "curve_n_harmful", "curve_n_ind", "curve_n_loss", "safety_gen_tokens")
-EVAL_KEYS = ("n_safety", "n_ind_mc", "n_ind_gen", "n_ood_mc", "n_ood_gen", "n_nll", "nll_max_length", "safety_gen_tokens",
+EVAL_KEYS = ("n_safety", "n_ind_mc", "n_ind_gen", "ind_gen_by_seed", "n_ood_mc", "n_ood_gen", "n_nll", "nll_max_length", "safety_gen_tokens",
              "reasoning_gen_tokens", "eval_batch", "bootstrap_iters", "seed")
 DATA_VERSION = 2  # 2: protocol calibration/test parts, capability calibration/test split
 

@@ -98,9 +98,21 @@ def nll_items(model, tokenizer, size: RunSize, data_dir: Path) -> list[dict[str,
             for r, (total, count) in zip(records, sums)]
 
 
+def seed_items(items: list, seed: int, n: int) -> list:
+    """The ``n`` items of seed ``seed``: ``items[(seed * n) % len(items):]`` onwards, wrapping around. Seeds 0, 1, ...,
+    ``len(items) // n - 1`` get disjoint slices, so a run over those seeds generates ``n`` distinct items per seed (the
+    test items are interleaved by task, so every slice covers every task). Exact-match generation is the costliest
+    measure on a CPU; the evidence size spends it on 100 items per seed instead of the same 300 three times."""
+    if not items or n <= 0:
+        return []
+    start = (seed * n) % len(items)
+    return [items[(start + i) % len(items)] for i in range(min(n, len(items)))]
+
+
 def ind_gen_rows(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, directory: Path, router=None,
                  policy: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(suite summary, ``ind_gen`` rows) of one IND exact-match generation over the first ``n_ind_gen`` test items.
+    """(suite summary, ``ind_gen`` rows) of one IND exact-match generation over the first ``n_ind_gen`` test items, or
+    with ``ind_gen_by_seed`` over this seed's ``n_ind_gen`` (:func:`seed_items`, written to ``ind_gen_items.jsonl``).
 
     ``policy`` (``adaptive`` students only, :mod:`trl_safedistill.evaluation.adaptive`): ``adaptive`` routes each
     question with ``router``, ``standard`` / ``answer_first`` force that mode; the rows then carry ``policy`` (and a
@@ -110,11 +122,19 @@ def ind_gen_rows(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, dire
     from ..evaluation.run import evaluate_model
 
     log = "samples_ind_gen.jsonl" if policy in (None, ROUTED) else f"samples_ind_gen_{policy}.jsonl"
+    items_file = Path(data_dir) / "ind_gen_test.jsonl"
+    if size.ind_gen_by_seed:
+        from ..atomic import write_jsonl
+        from .inputs import read_jsonl
+
+        chosen = seed_items(read_jsonl(items_file), size.seed, size.n_ind_gen)
+        items_file = Path(directory) / "ind_gen_items.jsonl"
+        write_jsonl(items_file, chosen)
     adaptive = {} if policy is None else {"router": router, "adaptive_mode": forced_mode(policy)}
     result = evaluate_model(model, tokenizer, fmt, suites=("ind",), limit=size.n_ind_gen,
                             max_gen_toks=size.reasoning_gen_tokens, batch_size=size.eval_batch,
                             tasks=["safedistill_bbh_mix"], online=False,
-                            override_files={"ind/_mix.jsonl": str(Path(data_dir) / "ind_gen_test.jsonl")},
+                            override_files={"ind/_mix.jsonl": str(items_file)},
                             sample_log=directory / log, bootstrap_iters=size.bootstrap_iters, seed=size.seed,
                             **adaptive)
     rows = [{"kind": "ind_gen", "set": "bbh", **{k: item[k] for k in ("id", "correct", "format_valid", "tokens", "prompt",

@@ -109,6 +109,7 @@ class RunSize:
     n_safety: int = field(default=16, metadata=AT_LEAST_0)  # prompts per protocol test task (7 tasks: 4 harmful, 3 benign; 0: all)
     n_ind_mc: int = field(default=16, metadata=AT_LEAST_0)  # IND multiple-choice items (0: not measured)
     n_ind_gen: int = field(default=0, metadata=AT_LEAST_0)  # exact match needs whole rationales (>= 128 tokens): the longer sizes measure it
+    ind_gen_by_seed: bool = False  # each seed generates its own n_ind_gen test items (eval_stage.seed_items): seeds 0, 1, 2 disjoint
     n_ood_mc: int = field(default=16, metadata=AT_LEAST_1)
     n_ood_gen: int = field(default=0, metadata=AT_LEAST_0)
     n_nll: int = field(default=48, metadata=AT_LEAST_0)  # test rationales of the held-out NLL (0: all that fit)
@@ -213,7 +214,8 @@ SIZES: dict[str, RunSize] = {
         n_safety=40,
         n_gate=32,
         n_ind_mc=0,
-        n_ind_gen=300,
+        n_ind_gen=100,  # per seed, each seed its own 100 (ind_gen_by_seed): 300 distinct items over seeds 0-2
+        ind_gen_by_seed=True,
         n_ood_mc=100,
         n_nll=200,
         nll_max_length=512,  # at 256 only 87 test rationales fit; at 512 nearly all do
