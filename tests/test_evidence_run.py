@@ -118,8 +118,11 @@ def test_each_seed_generates_its_own_exact_match_items(tmp_path, monkeypatch):
     monkeypatch.setattr("trl_safedistill.evaluation.run.evaluate_model", fake_evaluate)
     size = get_size("evidence", {"seed": 1})
     assert size.ind_gen_by_seed and size.n_ind_gen == 100
-    eval_stage.ind_gen_rows(None, None, "standard", size, tmp_path, tmp_path / "unit")
+    eval_stage.ind_gen_rows(None, None, "standard", size, eval_stage.ind_gen_items_file(size, tmp_path, tmp_path / "unit"),
+                            tmp_path / "unit")
     written = [json.loads(line)["id"] for line in open(seen["file"])]
     assert seen["limit"] == 100 and written == [d["id"] for d in slices[1]]
-    eval_stage.ind_gen_rows(None, None, "standard", get_size("tiny"), tmp_path, tmp_path / "unit2")
+    tiny = get_size("tiny")
+    eval_stage.ind_gen_rows(None, None, "standard", tiny, eval_stage.ind_gen_items_file(tiny, tmp_path, tmp_path / "unit2"),
+                            tmp_path / "unit2")
     assert seen["file"] == str(tmp_path / "ind_gen_test.jsonl")  # other sizes: the first n_ind_gen, as before

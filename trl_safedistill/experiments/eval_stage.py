@@ -109,10 +109,25 @@ def seed_items(items: list, seed: int, n: int) -> list:
     return [items[(start + i) % len(items)] for i in range(min(n, len(items)))]
 
 
-def ind_gen_rows(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, directory: Path, router=None,
+def ind_gen_items_file(size: RunSize, data_dir: Path, directory: Path) -> Path:
+    """The IND exact-match items of this evaluation: the run's ``ind_gen_test.jsonl`` (its first ``n_ind_gen`` are
+    generated), or with ``ind_gen_by_seed`` this seed's ``n_ind_gen`` of them (:func:`seed_items`), written once to
+    ``<directory>/ind_gen_items.jsonl`` so the unit keeps which items it generated."""
+    items_file = Path(data_dir) / "ind_gen_test.jsonl"
+    if not size.ind_gen_by_seed:
+        return items_file
+    from ..atomic import write_jsonl
+    from .inputs import read_jsonl
+
+    chosen = Path(directory) / "ind_gen_items.jsonl"
+    write_jsonl(chosen, seed_items(read_jsonl(items_file), size.seed, size.n_ind_gen))
+    return chosen
+
+
+def ind_gen_rows(model, tokenizer, fmt: str, size: RunSize, items_file: Path, directory: Path, router=None,
                  policy: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(suite summary, ``ind_gen`` rows) of one IND exact-match generation over the first ``n_ind_gen`` test items, or
-    with ``ind_gen_by_seed`` over this seed's ``n_ind_gen`` (:func:`seed_items`, written to ``ind_gen_items.jsonl``).
+    """(suite summary, ``ind_gen`` rows) of one IND exact-match generation over the first ``n_ind_gen`` items of
+    ``items_file`` (:func:`ind_gen_items_file`).
 
     ``policy`` (``adaptive`` students only, :mod:`trl_safedistill.evaluation.adaptive`): ``adaptive`` routes each
     question with ``router``, ``standard`` / ``answer_first`` force that mode; the rows then carry ``policy`` (and a
@@ -122,14 +137,6 @@ def ind_gen_rows(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, dire
     from ..evaluation.run import evaluate_model
 
     log = "samples_ind_gen.jsonl" if policy in (None, ROUTED) else f"samples_ind_gen_{policy}.jsonl"
-    items_file = Path(data_dir) / "ind_gen_test.jsonl"
-    if size.ind_gen_by_seed:
-        from ..atomic import write_jsonl
-        from .inputs import read_jsonl
-
-        chosen = seed_items(read_jsonl(items_file), size.seed, size.n_ind_gen)
-        items_file = Path(directory) / "ind_gen_items.jsonl"
-        write_jsonl(items_file, chosen)
     adaptive = {} if policy is None else {"router": router, "adaptive_mode": forced_mode(policy)}
     result = evaluate_model(model, tokenizer, fmt, suites=("ind",), limit=size.n_ind_gen,
                             max_gen_toks=size.reasoning_gen_tokens, batch_size=size.eval_batch,
@@ -165,8 +172,9 @@ def reasoning_items(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, o
         raise ValueError("an adaptive student is evaluated with its router; none was given (router/ beside the adapter)")
     if size.n_ind_gen:
         policies = POLICIES if fmt == "adaptive" else (None,)
+        items_file = ind_gen_items_file(size, data_dir, directory)
         for policy in policies:
-            suite, gen = ind_gen_rows(model, tokenizer, fmt, size, data_dir, directory, router, policy)
+            suite, gen = ind_gen_rows(model, tokenizer, fmt, size, items_file, directory, router, policy)
             rows += gen
             if policy in (None, ROUTED):
                 summary.update(suite)
@@ -181,7 +189,7 @@ def reasoning_items(model, tokenizer, fmt: str, size: RunSize, data_dir: Path, o
 
         docs = read_jsonl(Path(ood["path"]))[: size.n_ood_mc]
         flags = mc_correct(model, tokenizer, docs)
-        rows += [{"kind": "ood_mc", "set": str(doc.get("task", "bigbench")), "id": str(doc["id"]), "correct": int(flag)}
+        rows += [{"kind": "ood_mc", "set": str(doc.get("task", "ood")), "id": str(doc["id"]), "correct": int(flag)}
                  for doc, flag in zip(docs, flags)]
         summary["ood_mc_acc"] = bootstrap_ci(flags, size.bootstrap_iters, seed=size.seed)
     nll = nll_items(model, tokenizer, size, data_dir)
