@@ -221,6 +221,22 @@ def test_last_curve_point_is_a_probe_of_the_final_student(tiny_run):
         assert last["heldout_loss"] == pytest.approx(probe["heldout_loss"], rel=1e-5), name
 
 
+def test_a_distillation_without_curve_probes_trains_the_same_weights(tiny_run, tmp_path):
+    """probes=False (the evidence run) takes no curve point and ends at exactly the weights of the probed run."""
+    original, _ = tiny_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(original, run_dir)
+    pipeline = DemoPipeline(get_size("tiny"), run_dir, method_names=METHODS, quiet=True)
+    result = pipeline.run_distil(pipeline.methods[0], stage="distil:standard-unprobed", probes=False)
+    directory = pipeline.runner.stage_dir("distil:standard-unprobed")
+    assert result["probes"] is False and [p["step"] for p in result["curve"]] == [0]
+    assert not (directory / "curve.jsonl").exists()
+    probed = load_file(original / "distil/standard/final/adapter_model.safetensors")
+    unprobed = load_file(directory / "final/adapter_model.safetensors")
+    assert unprobed.keys() == probed.keys()
+    assert all(torch.equal(unprobed[key], probed[key]) for key in probed)
+
+
 def test_the_curves_probe_calibration_items_only(tiny_run):
     """The prober's prompts and items are the first of the calibration files, and none is a test item."""
     from trl_safedistill.experiments.inputs import harmful_prompts, load_records, read_jsonl

@@ -35,6 +35,9 @@ def test_tiny_evidence_run_writes_every_unit_then_skips_them(tmp_path, monkeypat
     assert families == {"aligned": "aligned", "standard": "standard", "slowed": "slowed",
                         "standard_refusal_mix": "refusal_mix", "standard_lr1e-3": "lower_lr", "standard_step2": "early_stop"}
     assert json.loads((results / "seed0" / "standard_step2" / "unit.json").read_text())["step"] == 2
+    # the distillations take no curve point (the report reads none; the weights are the same, tests/test_demo.py)
+    assert json.loads((results / "seed0" / "standard" / "unit.json").read_text())["train"]["curve_probes"] is False
+    assert not (tmp_path / "work" / "seed0" / "distil" / "standard" / "curve.jsonl").exists()
     manifest = json.loads((results / "manifest.json").read_text())
     assert manifest["seeds"] == [0] and set(manifest["models"]) == expected and "0" in manifest["gate"]
     assert manifest["judge"]["default"]["name"] == "refusal-v1"

@@ -188,7 +188,8 @@ class DemoPipeline:
         point = self.prober()(self.load(self.aligned_path()), directory / "samples.jsonl")
         return {"step": 0, **point}
 
-    def stage_distil(self, method: Method, directory: Path, stage: str | None = None, probe_last: bool = False) -> dict[str, Any]:
+    def stage_distil(self, method: Method, directory: Path, stage: str | None = None, probe_last: bool = False,
+                     probes: bool = True) -> dict[str, Any]:
         from ..data.safety_mix import mix_refusals
         from .inputs import load_records, read_jsonl
         from .training import distil, read_curve
@@ -199,13 +200,14 @@ class DemoPipeline:
             records = mix_refusals(records, method.refusal_mix_fraction, prompts, self.size.seed)
         callbacks = [StageProgressCallback(self.progress), *self.callbacks.get(stage or f"distil:{method.name}", [])]
         method = method.resolved(self.runner.result("prepare")["base_model"])
-        result = distil(method, self.size, self.aligned_path(), self.tokenizer, records, directory, self.prober(), callbacks,
-                        probe_last)
+        result = distil(method, self.size, self.aligned_path(), self.tokenizer, records, directory,
+                        self.prober() if probes else None, callbacks, probe_last, probes)
         curve = [dict(self.runner.result("curve0"))] + read_curve(directory / "curve.jsonl")
         for point in curve:
             point["train_loss"] = _train_loss(result, point["step"])
         result["curve"] = curve
         result["probe_last"] = probe_last
+        result["probes"] = probes
         result["records"] = len(records)
         return result
 
@@ -324,16 +326,20 @@ class DemoPipeline:
         r.run("align", _subset(size, ALIGN_KEYS), self.stage_align, depends=("prepare",))
         r.run("curve0", _subset(size, TRAIN_KEYS), self.stage_curve0, depends=("align",))
 
-    def run_distil(self, method: Method, stage: str | None = None, probe_last: bool = False) -> dict[str, Any]:
+    def run_distil(self, method: Method, stage: str | None = None, probe_last: bool = False,
+                   probes: bool = True) -> dict[str, Any]:
         """Train one method from the aligned start as a cached stage (``distil:<name>`` unless ``stage`` is given).
 
         ``probe_last``: measure the last step's curve point during training. The demo leaves it to the student's
         final evaluation (:func:`.parallel.curve_point`), which scores the same prompts; the sweep, which evaluates
-        nothing else, probes it.
+        nothing else, probes it. ``probes=False``: no curve point during training at all (the evidence run: its report
+        reads none; the result's curve is the step-0 point alone).
         """
         stage = stage or f"distil:{method.name}"
         settings = {"method": method.__dict__, **_subset(self.size, TRAIN_KEYS), "probe_last": probe_last}
-        return self.runner.run(stage, settings, lambda d: self.stage_distil(method, d, stage, probe_last),
+        if not probes:  # only then, so the stages cached before this switch keep their fingerprints
+            settings["probes"] = False
+        return self.runner.run(stage, settings, lambda d: self.stage_distil(method, d, stage, probe_last, probes),
                                depends=("align", "curve0"))
 
     def run(self) -> Path:

@@ -8,7 +8,8 @@ stopped early (its checkpoints at each ``curve_every`` step before the last: the
 **test** split (:func:`.parallel.evaluate_job`) written to ``<results>/seed<S>/<model>/`` as ``unit.json`` and
 ``items.jsonl.gz`` (every per-item response and judgment, compressed, 0600) the moment it finishes; ``--commit``
 commits that folder alone (``git commit --only``), so a run cut short continues from the repository on another
-machine: a unit whose ``unit.json`` exists is never run again. The controls (lower_lr, early_stop) skip the IND
+machine: a unit whose ``unit.json`` exists is never run again. Its distillations take no curve points (the report
+reads none; ``unit.json``'s ``train.curve_probes``). The controls (lower_lr, early_stop) skip the IND
 exact-match generation (``n_ind_gen``) to fit the budget; their frontier is read on the held-out NLL.
 
 ``python -m trl_safedistill.experiments.evidence report <results>`` writes ``REPORT.md`` and ``summary.json`` from the
@@ -140,8 +141,11 @@ class EvidenceRun:
             wanted = [method.name] + ([f"standard_step{s}" for s in early] if method.name == "standard" else [])
             if all(self.done(name) for name in wanted):
                 continue
-            train = pipeline.run_distil(method, probe_last=True)
+            # no curve points: the report reads none (the trained weights are the same either way, tested); seed 0
+            # of the data-version-2 run was trained with them, before this switch
+            train = pipeline.run_distil(method, probes=False)
             summary = {k: train[k] for k in ("steps", "resumed_from", "train_runtime", "records")}
+            summary["curve_probes"] = train.get("probes", True)
             settings = {**method.config, "refusal_mix_fraction": method.refusal_mix_fraction}
             if not self.done(method.name):
                 result, seconds = self.evaluate(method.name, train["final"], method.distill_format, control)

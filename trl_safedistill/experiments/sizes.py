@@ -195,9 +195,10 @@ SIZES: dict[str, RunSize] = {
         curve_n_loss=48,
     ),
     # The evidence run (python -m trl_safedistill.experiments.evidence): the embedded default, units of (seed, model)
-    # committed as each finishes. Sized to the issue's budget (about 2 hours for 3 seeds on two CPU cores, measured
-    # in the README): 24 distillation steps, no IND multiple choice (at chance for every model in the first unit), 40
-    # prompts per safety set. float32 from data version 2: bf16 ran 2.0-2.3x faster on an avx512_bf16 CPU but about 4x
+    # committed as each finishes. Cut toward issue 16's budget (about 2 hours for 3 seeds on two CPU cores), which it
+    # does not meet: the standard-CoT units alone take about 1.5 hours per seed on an AVX2 machine (README, Results).
+    # 24 distillation steps, no IND multiple choice (at chance for every model in the first unit), 40 prompts per
+    # safety set. float32 from data version 2: bf16 ran 2.0-2.3x faster on an avx512_bf16 CPU but about 4x
     # slower on an AVX2 one, float32 at the same speed on both, and a run's units must share one dtype wherever they
     # run (data version 1's units are bf16).
     "evidence": RunSize(

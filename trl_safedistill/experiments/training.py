@@ -181,13 +181,17 @@ def distil(
     tokenizer,
     records: Sequence,
     directory: Path,
-    prober: Prober,
+    prober: Prober | None,
     callbacks: Sequence[TrainerCallback] = (),
     probe_last: bool = True,
+    probes: bool = True,
 ) -> dict[str, Any]:
     """Train ``method`` from ``start_model``; resumes from the stage's last checkpoint. Returns the stage result.
 
     ``probe_last``: take the curve point of the last step here (else the final evaluation provides it).
+    ``probes=False``: take no curve point at all (no :class:`CurveCallback`; checkpoints are still written every
+    ``curve_every`` steps). A probe only reads the model in eval mode under ``no_grad``, so the trained weights are
+    the same either way (tested); the evidence run, whose report reads no curve, saves a probe's time per point.
     """
     from datasets import Dataset
 
@@ -215,8 +219,9 @@ def distil(
         peft_config=peft_config(size),
         quantization_config=quantization_config(size),
     )
-    trainer.add_callback(CurveCallback(prober, size.curve_every, directory / "curve.jsonl", directory / "samples.jsonl",
-                                       probe_last))
+    if probes:
+        trainer.add_callback(CurveCallback(prober, size.curve_every, directory / "curve.jsonl",
+                                           directory / "samples.jsonl", probe_last))
     for callback in callbacks:
         trainer.add_callback(callback)
     quiet_trainer(trainer)
