@@ -272,7 +272,7 @@ def test_the_demo_trains_and_reports_the_opt_in_methods(equal_effort_run):
     from trl_safedistill.experiments.schema import validate_file
 
     run_dir, _ = equal_effort_run
-    names = ["standard", "slowed_mask_only", "safe_lora", "asft"]  # slowed_slow_only: its config is tested in test_variants
+    names = ["standard", "slowed_mask_only", "direction", "safe_lora", "asft"]  # slowed_slow_only: its config is tested in test_variants
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         pipeline = DemoPipeline(get_size("tiny", OVERRIDES), run_dir, method_names=names, quiet=True)
@@ -281,7 +281,7 @@ def test_the_demo_trains_and_reports_the_opt_in_methods(equal_effort_run):
     metrics = validate_file(report / "metrics.json")
     families = {m["name"]: m["family"] for m in metrics["models"]}
     assert families == {"aligned": "aligned", "standard": "standard", "slowed_mask_only": "ablation",
-                        "safe_lora": "safe_lora", "asft": "asft"}
+                        "direction": "direction", "safe_lora": "safe_lora", "asft": "asft"}
     for name in names:
         assert pipeline.runner.result(f"distil:{name}")["steps"] == 2
     safe_lora = pipeline.runner.stage_dir("distil:safe_lora")

@@ -23,7 +23,7 @@ from trl_safedistill.experiments.variants import (
     opt_in_methods,
 )
 
-OPT_IN = ["slowed_mask_only", "slowed_slow_only", "safe_lora", "asft"]
+OPT_IN = ["slowed_mask_only", "slowed_slow_only", "direction", "safe_lora", "asft"]
 
 
 def build_config(method: Method, output_dir: Path) -> SafeDistillConfig:
@@ -54,6 +54,9 @@ def test_each_opt_in_method_builds_a_valid_config_once_resolved(name, tmp_path):
         assert not config.asft and config.slow_tuning_rule == "off" and config.entropy_mask_mode == "off"
     if name == "asft":
         assert config.asft and config.asft_reference == "/models/pre-alignment" and not config.safe_lora
+    if name == "direction":  # the direction rule alone: no masking, no other baseline
+        assert config.slow_tuning_rule == "direction" and config.slow_tuning_reference == "/models/pre-alignment"
+        assert config.entropy_mask_mode == "off" and not config.safe_lora and not config.asft
     # unresolved, a placeholder is not a reference a run could use; the family is one the evidence report knows
     assert evidence.FAMILY[method.family] == method.family
 

@@ -32,7 +32,7 @@ from .git_commit import commit_paths
 from .sizes import get_size, parse_set
 
 FAMILY = {"aligned": "aligned", "standard": "standard", "slowed": "slowed", "lr_control": "lower_lr",
-          "data_mix": "refusal_mix", "early_stop": "early_stop", "ablation": "ablation", "safe_lora": "safe_lora", "asft": "asft",
+          "data_mix": "refusal_mix", "early_stop": "early_stop", "ablation": "ablation", "direction": "direction", "safe_lora": "safe_lora", "asft": "asft",
           "adaptive": "adaptive", "cascade": "cascade", "answer_first": "answer_first"}
 #: the methods of the evidence run (names of :func:`.variants.methods_for`), besides the lower-lr controls
 METHODS = ("standard", "slowed", "standard_refusal_mix")

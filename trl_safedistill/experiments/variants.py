@@ -21,6 +21,7 @@ name                      family          what differs from ``standard``
 ========================  ==============  ================================================================
 slowed_mask_only          ablation        + low-entropy masking of :data:`SLOWED_DEFAULTS`, slow tuning off
 slowed_slow_only          ablation        + slow tuning of :data:`SLOWED_DEFAULTS`, masking off
+direction                 direction       + the direction rule alone (:data:`DIRECTION_SETTINGS`), masking off
 safe_lora                 safe_lora       + Safe LoRA (arXiv 2405.16833) at the end of training, threshold 0.5
 asft                      asft            + AsFT's regulariser (arXiv 2506.08473), lambda 1
 ========================  ==============  ================================================================
@@ -71,6 +72,12 @@ SLOWED_DEFAULTS: dict[str, Any] = {
 SAFE_LORA_SETTINGS: dict[str, Any] = {"safe_lora": True, "safe_lora_reference": PRE_ALIGNMENT}
 #: AsFT as a baseline (:mod:`trl_safedistill.methods.asft`): its regulariser against the run's pre-alignment weights.
 ASFT_SETTINGS: dict[str, Any] = {"asft": True, "asft_reference": PRE_ALIGNMENT}
+#: The true direction rule alone (:mod:`trl_safedistill.methods.slow_tuning`, ``direction``: only the component of the
+#: update along the alignment delta D = W_aligned - W_pre-alignment is limited, at most ``slow_tuning_budget`` of
+#: ||D|| may be undone), masking off: the ``direction`` family of the equal-effort sweep. The budget is the
+#: data-version-1 sweep's (0.02, as in :data:`SLOWED_DEFAULTS`) until the version-2 equal-effort sweep's choice lands.
+DIRECTION_SETTINGS: dict[str, Any] = {"slow_tuning_rule": "direction", "slow_tuning_budget": 0.02,
+                                      "slow_tuning_budget_growth": 1.0, "slow_tuning_reference": PRE_ALIGNMENT}
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,7 @@ def opt_in_methods(size: RunSize, slowed: dict[str, Any] | None = None) -> list[
         Method("slowed_mask_only", "SLowED ablation: masking alone", {**base, **masking_only(slowed)}, family="ablation"),
         Method("slowed_slow_only", "SLowED ablation: slow tuning alone", {**base, **slow_tuning_only(slowed)},
                family="ablation"),
+        Method("direction", "direction rule (standard)", {**base, **DIRECTION_SETTINGS}, family="direction"),
         Method("safe_lora", "Safe LoRA (standard)", {**base, **SAFE_LORA_SETTINGS}, family="safe_lora"),
         Method("asft", "AsFT (standard)", {**base, **ASFT_SETTINGS}, family="asft"),
         # adaptive thinking (issue 19): mixed think-first / answer-first records, router trained after distillation
