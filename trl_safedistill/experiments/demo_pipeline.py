@@ -330,9 +330,8 @@ class DemoPipeline:
                    probes: bool = True) -> dict[str, Any]:
         """Train one method from the aligned start as a cached stage (``distil:<name>`` unless ``stage`` is given).
 
-        ``probe_last``: measure the last step's curve point during training. The demo leaves it to the student's
-        final evaluation (:func:`.parallel.curve_point`), which scores the same prompts; the sweep, which evaluates
-        nothing else, probes it. ``probes=False``: no curve point during training at all (the evidence run: its report
+        ``probe_last``: measure the last step's curve point during training. Every caller does: the curves read
+        calibration data and the final evaluation the test split, so no final evaluation can stand in for it. ``probes=False``: no curve point during training at all (the evidence run: its report
         reads none; the result's curve is the step-0 point alone).
         """
         stage = stage or f"distil:{method.name}"

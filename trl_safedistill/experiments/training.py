@@ -62,8 +62,8 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
 class CurveCallback(TrainerCallback):
     """Appends a :class:`Prober` point to ``path`` every ``every`` steps and at the last step.
 
-    ``probe_last=False`` leaves the last step out: the demo takes that point from the student's final evaluation,
-    which scores the same prompts and items (:func:`.parallel.curve_point`).
+    ``probe_last=False`` leaves the last step out (no pipeline does: the final evaluation reads the test split, so it
+    cannot give a calibration curve's last point).
     """
 
     def __init__(self, prober: Prober, every: int, path: Path, sample_log: Path | None = None, probe_last: bool = True):
@@ -188,7 +188,7 @@ def distil(
 ) -> dict[str, Any]:
     """Train ``method`` from ``start_model``; resumes from the stage's last checkpoint. Returns the stage result.
 
-    ``probe_last``: take the curve point of the last step here (else the final evaluation provides it).
+    ``probe_last``: take the curve point of the last step too (see :class:`CurveCallback`).
     ``probes=False``: take no curve point at all (no :class:`CurveCallback`; checkpoints are still written every
     ``curve_every`` steps). A probe only reads the model in eval mode under ``no_grad``, so the trained weights are
     the same either way (tested); the evidence run, whose report reads no curve, saves a probe's time per point.
