@@ -69,7 +69,7 @@ from the repository on another machine: a stored point is read back, not trained
 manifest holds the same size settings and the same aligned start (its calibration refusal and over-refusal; see
 :class:`StoredPoints`)::
 
-    trl-safedistill sweep --equal-effort --size evidence --set seed=0 \
+    trl-safedistill sweep --equal-effort --size evidence --set seed=0 --set curve_every=24 \
         --output-dir /work/sweep-run --results results/evidence-v2/equal-effort --commit
 """
 
