@@ -99,3 +99,37 @@ def test_every_method_family_is_in_the_metrics_schema():
     families = schema["properties"]["models"]["items"]["properties"]["family"]["enum"]
     size = get_size("tiny")
     assert {m.family for m in methods_for(size) + opt_in_methods(size)} <= set(families)
+
+
+@pytest.mark.parametrize("student", ["embedded-default", "qwen2.5-1.5b-instruct", "llama-3.2-1b-instruct", "bloomz-1b1"])
+def test_every_slowed_recipe_ships_the_slowed_defaults(student):
+    """recipes/<student>/slowed.yaml carries SLOWED_DEFAULTS' masking and slow-tuning fields (the reference names that
+    student's own pre-alignment weights), so a change of the calibrated defaults cannot leave a recipe behind."""
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / student / "slowed.yaml").read_text())
+    shipped = {k: v for k, v in recipe.items() if k.startswith(("entropy_mask_", "slow_tuning_"))}
+    shipped.pop("slow_tuning_direction_dtype", None)  # a memory setting of the bf16 students, not a calibrated one
+    expected = {k: v for k, v in SLOWED_DEFAULTS.items() if v != PRE_ALIGNMENT}
+    assert {k: v for k, v in shipped.items() if k != "slow_tuning_reference"} == expected
+    assert ("slow_tuning_reference" in shipped) == (SLOWED_DEFAULTS.get("slow_tuning_reference") == PRE_ALIGNMENT)
+
+
+@pytest.mark.parametrize("recipe_name, build", [("ablation_masking_only", "masking_only"),
+                                                 ("ablation_slow_tuning_only", "slow_tuning_only")])
+def test_the_ablation_recipes_switch_off_one_module_of_the_slowed_defaults(recipe_name, build, tmp_path):
+    """Each embedded-default ablation recipe, read as SafeDistillConfig, equals the demo's ablation method built from
+    SLOWED_DEFAULTS on every masking and slow-tuning field (the reference aside)."""
+    import yaml
+
+    from trl_safedistill.experiments import variants
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "embedded-default" /
+                             f"{recipe_name}.yaml").read_text())
+    fields = {k: v for k, v in recipe.items() if k.startswith(("entropy_mask_", "slow_tuning_"))}
+    method = getattr(variants, build)(SLOWED_DEFAULTS)
+    from_recipe = build_config(Method("r", "r", {**fields, "slow_tuning_reference": "/ref"} if "slow_tuning_reference" in fields
+                                      else fields), tmp_path)
+    from_method = build_config(Method("m", "m", {k: "/ref" if v == PRE_ALIGNMENT else v for k, v in method.items()}), tmp_path)
+    names = [k for k in vars(from_method) if k.startswith(("entropy_mask_", "slow_tuning_")) and k != "slow_tuning_reference"]
+    assert {k: getattr(from_recipe, k) for k in names} == {k: getattr(from_method, k) for k in names}
