@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import logging, sys
     from trl_safedistill.experiments.console import quiet_console
@@ -33,3 +35,17 @@ def test_a_logger_that_resets_its_level_and_writes_to_stdout_keeps_errors_only()
 
 def test_without_quiet_console_the_same_logger_prints_its_warning():  # the filter, not the set-up, silences it
     assert _stdout("verbose") == ["Setting accelerator to CPU.", "a real error"]
+
+
+
+
+
+@pytest.mark.parametrize("module", ["trl_safedistill.cli", "trl_safedistill.experiments.demo",
+                                    "trl_safedistill.experiments.sweep", "trl_safedistill.experiments.evidence",
+                                    "trl_safedistill.experiments.align_calibration"])
+def test_a_command_module_loads_no_progress_bar_library_before_quiet_console(module):
+    """tqdm reads TQDM_DISABLE once, when it is imported: a command whose module imports it (through transformers)
+    before its main() calls quiet_console draws lm-eval's bars anyway (the equal-effort sweep did, at every gate)."""
+    script = f"import importlib, sys; importlib.import_module({module!r}); print(sorted(m for m in ('tqdm', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -84,7 +84,6 @@ from typing import Any
 
 from ..atomic import write_json
 from .sizes import SIZES, get_size, parse_set
-from .stages import StageError
 from .variants import ASFT_SETTINGS, SAFE_LORA_SETTINGS, Method
 
 #: The shipped sweep: a union of product grids (one per slow-tuning rule, since their budgets mean different things).
@@ -436,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trl-safedistill sweep: {error}", file=sys.stderr)
         return 2
     from .demo_pipeline import DemoPipeline
+    from .stages import StageError  # here, not at the top: it imports transformers, and so tqdm, before quiet_console
 
     run_dir = Path(args.output_dir or f"runs/demo-{size.name}")
     if args.equal_effort:
@@ -495,6 +495,7 @@ def run_equal_effort(size, run_dir: Path, quiet: bool = False,
     continues from the repository on another machine.
     """
     from .demo_pipeline import DemoPipeline
+    from .stages import StageError
 
     ladders = EQUAL_EFFORT if ladders is None else ladders
     counts = {family: len(settings) for family, settings in ladders.items()}
