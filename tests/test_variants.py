@@ -141,7 +141,14 @@ CALIBRATED_PREFIXES = ("entropy_mask_", "slow_tuning_", "safe_lora", "asft")
 
 
 def _calibrated_fields(config: SafeDistillConfig) -> dict:
-    return {k: v for k, v in vars(config).items() if k.startswith(CALIBRATED_PREFIXES)}
+    """The config's masking, slow-tuning, Safe LoRA and AsFT fields, without those of a module that is off (a
+    quantile with masking off changes nothing, so it is not a difference)."""
+    fields = {k: v for k, v in vars(config).items() if k.startswith(CALIBRATED_PREFIXES)}
+    inactive = [prefix for prefix, on in (("entropy_mask_", config.entropy_mask_mode != "off"),
+                                          ("slow_tuning_", config.slow_tuning_rule != "off"),
+                                          ("safe_lora_", config.safe_lora), ("asft_", config.asft)) if not on]
+    return {k: v for k, v in fields.items()
+            if not k.startswith(tuple(inactive)) or k in ("entropy_mask_mode", "slow_tuning_rule")}
 
 
 @pytest.mark.parametrize("family", ["slowed", "direction", "safe_lora", "asft", "refusal_mix"])
