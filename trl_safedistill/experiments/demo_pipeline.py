@@ -331,8 +331,9 @@ class DemoPipeline:
         """Train one method from the aligned start as a cached stage (``distil:<name>`` unless ``stage`` is given).
 
         ``probe_last``: measure the last step's curve point during training. Every caller does: the curves read
-        calibration data and the final evaluation the test split, so no final evaluation can stand in for it. ``probes=False``: no curve point during training at all (the evidence run: its report
-        reads none; the result's curve is the step-0 point alone).
+        calibration data and the final evaluation the test split, so no final evaluation can stand in for it.
+        ``probes=False``: no curve point during training at all (the evidence run: its report reads none; the
+        result's curve is the step-0 point alone).
         """
         stage = stage or f"distil:{method.name}"
         settings = {"method": method.__dict__, **_subset(self.size, TRAIN_KEYS), "probe_last": probe_last}
