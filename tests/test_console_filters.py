@@ -37,9 +37,6 @@ def test_without_quiet_console_the_same_logger_prints_its_warning():  # the filt
     assert _stdout("verbose") == ["Setting accelerator to CPU.", "a real error"]
 
 
-
-
-
 @pytest.mark.parametrize("module", ["trl_safedistill.cli", "trl_safedistill.experiments.demo",
                                     "trl_safedistill.experiments.sweep", "trl_safedistill.experiments.evidence",
                                     "trl_safedistill.experiments.align_calibration"])

@@ -24,6 +24,7 @@ from trl_safedistill.experiments.variants import (
 )
 
 OPT_IN = ["slowed_mask_only", "slowed_slow_only", "direction", "safe_lora", "asft"]
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def build_config(method: Method, output_dir: Path) -> SafeDistillConfig:
@@ -107,7 +108,7 @@ def test_every_slowed_recipe_ships_the_slowed_defaults(student):
     student's own pre-alignment weights), so a change of the calibrated defaults cannot leave a recipe behind."""
     import yaml
 
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / student / "slowed.yaml").read_text())
+    recipe = yaml.safe_load((RECIPES / student / "slowed.yaml").read_text())
     shipped = {k: v for k, v in recipe.items() if k.startswith(("entropy_mask_", "slow_tuning_"))}
     shipped.pop("slow_tuning_direction_dtype", None)  # a memory setting of the bf16 students, not a calibrated one
     expected = {k: v for k, v in SLOWED_DEFAULTS.items() if v != PRE_ALIGNMENT}
@@ -124,8 +125,7 @@ def test_the_ablation_recipes_switch_off_one_module_of_the_slowed_defaults(recip
 
     from trl_safedistill.experiments import variants
 
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "embedded-default" /
-                             f"{recipe_name}.yaml").read_text())
+    recipe = yaml.safe_load((RECIPES / "embedded-default" / f"{recipe_name}.yaml").read_text())
     fields = {k: v for k, v in recipe.items() if k.startswith(("entropy_mask_", "slow_tuning_"))}
     method = getattr(variants, build)(SLOWED_DEFAULTS)
     from_recipe = build_config(Method("r", "r", {**fields, "slow_tuning_reference": "/ref"} if "slow_tuning_reference" in fields
@@ -163,8 +163,7 @@ def test_the_shipped_settings_are_the_equal_effort_sweeps_choice(family, tmp_pat
     if family == "refusal_mix":
         assert size.refusal_mix_fraction == choice["refusal_mix_fraction"]
         return
-    name = {"slowed": "slowed", "direction": "direction", "safe_lora": "safe_lora", "asft": "asft"}[family]
-    shipped = next(m for m in methods_for(size) + opt_in_methods(size) if m.name == name)
+    shipped = next(m for m in methods_for(size) + opt_in_methods(size) if m.name == family)  # each named as its family
     calibrated = Method("chosen", "chosen", choice["config"])
     assert _calibrated_fields(build_config(shipped.resolved("/ref"), tmp_path)) == \
         _calibrated_fields(build_config(calibrated.resolved("/ref"), tmp_path))
