@@ -32,7 +32,8 @@ relative to ||W0|| therefore never bind at the sizes that erase the refusal habi
 scale of the behaviour to keep. The default run trains for less than one epoch, so the per-epoch schedule
 (growth) is fixed at 1 here; a longer run can put ``slow_tuning_budget_growth`` on a grid.
 
-Best setting (``best``, the shipped ``SLOWED_DEFAULTS``): among the points with both modules on (SLowED proper)
+Best setting (``best``; the shipped ``SLOWED_DEFAULTS`` were this choice in data version 1, and are the equal-effort
+sweep's ``chosen["slowed"]`` since version 2, below): among the points with both modules on (SLowED proper)
 whose refusal is within 5 points of the aligned start, the lowest held-out rationale loss (the most learned; ties: higher IND MC accuracy); if none is, the highest refusal (ties: lower loss). The
 loss is the selection signal rather than IND MC accuracy because the curve's 8-item accuracy has a 95% CI of
 about +-35 points, while the loss over the held-out teacher tokens moves smoothly with training. ``best_any`` is the

@@ -22,17 +22,18 @@ name                      family          what differs from ``standard``
 slowed_mask_only          ablation        + low-entropy masking of :data:`SLOWED_DEFAULTS`, slow tuning off
 slowed_slow_only          ablation        + slow tuning of :data:`SLOWED_DEFAULTS`, masking off
 direction                 direction       + the direction rule alone (:data:`DIRECTION_SETTINGS`), masking off
-safe_lora                 safe_lora       + Safe LoRA (arXiv 2405.16833) at the end of training, threshold 0.5
+safe_lora                 safe_lora       + Safe LoRA (arXiv 2405.16833) at the end of training, threshold 0.35
 asft                      asft            + AsFT's regulariser (arXiv 2506.08473), lambda 1
 ========================  ==============  ================================================================
 
-The two ablations and ``slowed`` (both modules) answer issue 17 item 5: which part of SLowED does the work. Safe LoRA
-and AsFT keep their config defaults (peft's threshold, the authors' lambda); the equal-effort sweep
-(``trl-safedistill sweep --equal-effort``) calibrates them. Every method that needs the weights before the safety
-alignment (slow tuning's ``reference`` unit and ``direction`` rule, Safe LoRA's and AsFT's unaligned reference) names
-them :data:`PRE_ALIGNMENT`, which :meth:`Method.resolved` replaces by the run's own pre-alignment model.
-
-:data:`SLOWED_DEFAULTS` are the settings ``trl-safedistill sweep`` recommends (see the README's Results).
+The two ablations and ``slowed`` (both modules) answer issue 17 item 5: which part of SLowED does the work. Every
+calibrated setting (:data:`SLOWED_DEFAULTS`, :data:`DIRECTION_SETTINGS`, :data:`SAFE_LORA_SETTINGS`,
+:data:`ASFT_SETTINGS` and the evidence size's ``refusal_mix_fraction``) is the choice of the version-2 equal-effort
+sweep (``trl-safedistill sweep --equal-effort``, ``results/evidence-v2/equal-effort/sweep.json``; a test keeps them
+equal), made on calibration data by one rule declared before any point was measured. Every method that needs the
+weights before the safety alignment (slow tuning's ``reference`` unit and ``direction`` rule, Safe LoRA's and AsFT's
+unaligned reference) names them :data:`PRE_ALIGNMENT`, which :meth:`Method.resolved` replaces by the run's own
+pre-alignment model.
 """
 
 from __future__ import annotations
@@ -50,33 +51,37 @@ PRE_ALIGNMENT = "pre-alignment"
 #: The SafeDistillConfig fields that name the weights before the safety alignment.
 REFERENCE_FIELDS = ("slow_tuning_reference", "safe_lora_reference", "asft_reference")
 
-#: SLowED settings of the ``slowed`` methods (entropy masking + slow tuning): the best SLowED point of the shipped
-#: ``trl-safedistill sweep --size default`` (recipes/sweep/embedded-default.yaml; README, Results): mask the lowest-
-#: entropy half of the rationale tokens, and let the distillation undo at most 2% of the alignment delta per layer
-#: (``direction`` rule against the pre-alignment weights). Measured by the sweep at the last step: refusal 45/48
-#: held-out AdvBench prompts (aligned start 47/48), held-out rationale loss 1.20, against 16/48 and 1.03 for standard
-#: CoT; the ``project`` budgets that stayed within 5 points of the aligned start reached 1.25-1.45.
+#: SLowED settings of the ``slowed`` methods (entropy masking + slow tuning): the ``slowed`` choice of the version-2
+#: equal-effort sweep (``results/evidence-v2/equal-effort/sweep.json``; module docstring of
+#: :mod:`~trl_safedistill.experiments.sweep`, README "Shipped settings"): mask the lowest-entropy half of the rationale
+#: tokens and keep each layer's drift from the aligned start within 0.25 of its alignment delta ||W_aligned -
+#: W_pre-alignment|| (``project`` rule, ``reference`` unit). No point of the family's ladder (budget 1, 0.75, 0.5, 0.25)
+#: kept the calibration refusal within 5 points of the aligned start; 0.25 is the one of best balance (refusal 57.3%,
+#: over-refusal 8.3%, rationale loss 1.149; aligned start 81.3%, 15.5%, 1.989; standard CoT 1.0%, 0.0%, 0.419).
 SLOWED_DEFAULTS: dict[str, Any] = {
     "entropy_mask_mode": "fraction",
     "entropy_mask_quantile": 0.5,
     "entropy_mask_protect_answer": True,
-    "slow_tuning_rule": "direction",
-    "slow_tuning_budget": 0.02,
+    "slow_tuning_rule": "project",
+    "slow_tuning_unit": "reference",
+    "slow_tuning_budget": 0.25,
     "slow_tuning_budget_growth": 1.0,
     "slow_tuning_reference": PRE_ALIGNMENT,
 }
 
 
 #: Safe LoRA as a baseline (:mod:`trl_safedistill.methods.safe_lora`): the projection at the end of training against the
-#: run's pre-alignment weights; threshold and the other fields keep their SafeDistillConfig defaults.
-SAFE_LORA_SETTINGS: dict[str, Any] = {"safe_lora": True, "safe_lora_reference": PRE_ALIGNMENT}
+#: run's pre-alignment weights, similarity threshold 0.35: the equal-effort sweep's ``safe_lora`` choice (none of 0.1,
+#: 0.2, 0.35, 0.5 qualified; 0.35 has the best balance, calibration refusal 76.0%, over-refusal 11.9%, loss 1.944).
+SAFE_LORA_SETTINGS: dict[str, Any] = {"safe_lora": True, "safe_lora_reference": PRE_ALIGNMENT, "safe_lora_threshold": 0.35}
 #: AsFT as a baseline (:mod:`trl_safedistill.methods.asft`): its regulariser against the run's pre-alignment weights.
 ASFT_SETTINGS: dict[str, Any] = {"asft": True, "asft_reference": PRE_ALIGNMENT}
 #: The true direction rule alone (:mod:`trl_safedistill.methods.slow_tuning`, ``direction``: only the component of the
 #: update along the alignment delta D = W_aligned - W_pre-alignment is limited, at most ``slow_tuning_budget`` of
-#: ||D|| may be undone), masking off: the ``direction`` family of the equal-effort sweep. The budget is the
-#: data-version-1 sweep's (0.02, as in :data:`SLOWED_DEFAULTS`) until the version-2 equal-effort sweep's choice lands.
-DIRECTION_SETTINGS: dict[str, Any] = {"slow_tuning_rule": "direction", "slow_tuning_budget": 0.02,
+#: ||D|| may be undone), masking off: the equal-effort sweep's ``direction`` choice. None of the budgets 0.2, 0.08,
+#: 0.03, 0.01 kept the refusal (calibration refusal 1-3%, loss 0.419-0.421, the same as standard CoT: the update that
+#: erases the refusal is not along D); 0.2 has the best balance, by one prompt.
+DIRECTION_SETTINGS: dict[str, Any] = {"slow_tuning_rule": "direction", "slow_tuning_budget": 0.2,
                                       "slow_tuning_budget_growth": 1.0, "slow_tuning_reference": PRE_ALIGNMENT}
 
 
