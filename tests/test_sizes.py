@@ -109,7 +109,7 @@ def test_presets_are_unchanged():
     assert hashlib.sha256(presets.encode()).hexdigest() == PRESETS_SHA256
 
 
-PRESETS_SHA256 = "ca75f40b05bd7e3b7c27d84afb56d502c42e7058ce8b0101d8235912facddc26"
+PRESETS_SHA256 = "0eba95b72c6c2ee4da34116e5f316cb35ea823b4404862b4807d30b32789990d"
 
 
 def test_bf16_warning_only_on_a_cpu_without_native_bf16(tmp_path):

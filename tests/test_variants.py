@@ -23,7 +23,7 @@ from trl_safedistill.experiments.variants import (
     opt_in_methods,
 )
 
-OPT_IN = ["slowed_mask_only", "slowed_slow_only", "direction", "safe_lora", "asft"]
+OPT_IN = ["cascade_slowed", "slowed_mask_only", "slowed_slow_only", "direction", "safe_lora", "asft"]
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
@@ -34,7 +34,7 @@ def build_config(method: Method, output_dir: Path) -> SafeDistillConfig:
 
 def test_the_default_method_list_is_unchanged():
     size = get_size("default")
-    assert [m.name for m in methods_for(size)] == ["standard", "slowed", "cascade", "cascade_slowed", "answer_first",
+    assert [m.name for m in methods_for(size)] == ["standard", "slowed", "cascade", "answer_first",
                                                    "standard_lr1.5e-4", "standard_lr5e-5", "standard_refusal_mix"]
     # a run without --methods trains none of the opt-in methods
     pipeline = DemoPipeline(get_size("tiny"), Path("/nonexistent/run"), quiet=True)
@@ -49,7 +49,8 @@ def test_each_opt_in_method_builds_a_valid_config_once_resolved(name, tmp_path):
     resolved = method.resolved("/models/pre-alignment")
     assert PRE_ALIGNMENT not in resolved.config.values()
     config = build_config(resolved, tmp_path)
-    assert config.distill_format == "standard" and config.learning_rate == get_size("tiny").distil_lr
+    assert config.distill_format == ("cascade" if name == "cascade_slowed" else "standard")
+    assert config.learning_rate == get_size("tiny").distil_lr
     if name == "safe_lora":
         assert config.safe_lora and config.safe_lora_reference == "/models/pre-alignment"
         assert not config.asft and config.slow_tuning_rule == "off" and config.entropy_mask_mode == "off"

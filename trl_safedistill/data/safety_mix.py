@@ -28,7 +28,7 @@ class SafetyMixArguments:
 
     refusal_mix_fraction: float = field(
         default=0.0,
-        metadata={"help": "Share of refusal examples (AdvBench 'align' prompts) mixed into the CoT data, e.g. 0.05."},
+        metadata={"help": "Share of refusal examples (AdvBench 'align' prompts) mixed into the CoT data, e.g. 0.1 (the equal-effort sweep's choice on the embedded default)."},
     )
     refusal_mix_seed: int = field(default=0, metadata={"help": "Seed for drawing and placing the refusal examples."})
 

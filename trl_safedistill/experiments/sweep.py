@@ -150,7 +150,7 @@ EQUAL_EFFORT_FIXED: dict[str, dict[str, float | str]] = {
 #:   code's and peft's default.
 #: * ``asft`` (lambda): the authors' released script uses 1; the penalty on a short distillation's small update
 #:   (a fraction of a percent of ||W||) is small, so the ladder brackets 1 by one decade below and two above.
-#: * ``refusal_mix`` (share of refusal examples mixed into the data): the shipped 5% and the range of Safety-Tuned
+#: * ``refusal_mix`` (share of refusal examples mixed into the data): the then-shipped 5% and the range of Safety-Tuned
 #:   LLaMAs (100-2000 safety examples added to 20k, 0.5%-10%), extended to 20% since 5% did not keep the refusal in
 #:   the old-protocol run (README, superseded table).
 #: * ``lower_lr`` (fraction of the size's ``distil_lr``): the evidence size's lower-lr frontier (2.5e-4 to 3e-5 at

@@ -6,10 +6,9 @@ name                      what differs from ``standard``
 standard                  standard CoT (question -> rationale -> answer), the product's lr
 slowed                    + low-entropy masking + slow tuning (:data:`SLOWED_DEFAULTS`)
 cascade                   CasCoD format (q->r and (q, r)->a, alpha 0.1)
-cascade_slowed            CasCoD + the same SLowED settings
 answer_first              post-thinking format (answer, then rationale)
 standard_lr<x>            standard at a lower learning rate (two values: :attr:`RunSize.lower_lrs`)
-standard_refusal_mix      standard with 5% refusal examples mixed into the data (Safety-Tuned LLaMAs)
+standard_refusal_mix      standard with 10% refusal examples mixed into the data (Safety-Tuned LLaMAs)
 ========================  ==============================================================================
 
 Opt-in methods (:func:`opt_in_methods`), trained only when named (``trl-safedistill demo --methods standard,safe_lora``,
@@ -19,11 +18,12 @@ run's time budget does not grow with each baseline added:
 ========================  ==============  ================================================================
 name                      family          what differs from ``standard``
 ========================  ==============  ================================================================
+cascade_slowed            slowed          CasCoD + the same SLowED settings (the recipes' ``slowed.yaml``)
 slowed_mask_only          ablation        + low-entropy masking of :data:`SLOWED_DEFAULTS`, slow tuning off
 slowed_slow_only          ablation        + slow tuning of :data:`SLOWED_DEFAULTS`, masking off
 direction                 direction       + the direction rule alone (:data:`DIRECTION_SETTINGS`), masking off
 safe_lora                 safe_lora       + Safe LoRA (arXiv 2405.16833) at the end of training, threshold 0.35
-asft                      asft            + AsFT's regulariser (arXiv 2506.08473), lambda 1
+asft                      asft            + AsFT's regulariser (arXiv 2506.08473), lambda 100
 ========================  ==============  ================================================================
 
 The two ablations and ``slowed`` (both modules) answer issue 17 item 5: which part of SLowED does the work. Every
@@ -74,8 +74,10 @@ SLOWED_DEFAULTS: dict[str, Any] = {
 #: run's pre-alignment weights, similarity threshold 0.35: the equal-effort sweep's ``safe_lora`` choice (none of 0.1,
 #: 0.2, 0.35, 0.5 qualified; 0.35 has the best balance, calibration refusal 76.0%, over-refusal 11.9%, loss 1.944).
 SAFE_LORA_SETTINGS: dict[str, Any] = {"safe_lora": True, "safe_lora_reference": PRE_ALIGNMENT, "safe_lora_threshold": 0.35}
-#: AsFT as a baseline (:mod:`trl_safedistill.methods.asft`): its regulariser against the run's pre-alignment weights.
-ASFT_SETTINGS: dict[str, Any] = {"asft": True, "asft_reference": PRE_ALIGNMENT}
+#: AsFT as a baseline (:mod:`trl_safedistill.methods.asft`): its regulariser against the run's pre-alignment weights,
+#: lambda 100: the equal-effort sweep's ``asft`` choice (none of 0.1, 1, 10, 100 qualified; 100 has the best balance,
+#: calibration refusal 75.0%, over-refusal 11.9%, loss 1.921).
+ASFT_SETTINGS: dict[str, Any] = {"asft": True, "asft_reference": PRE_ALIGNMENT, "asft_lambda": 100.0}
 #: The true direction rule alone (:mod:`trl_safedistill.methods.slow_tuning`, ``direction``: only the component of the
 #: update along the alignment delta D = W_aligned - W_pre-alignment is limited, at most ``slow_tuning_budget`` of
 #: ||D|| may be undone), masking off: the equal-effort sweep's ``direction`` choice. None of the budgets 0.2, 0.08,
@@ -129,7 +131,6 @@ def methods_for(size: RunSize, slowed: dict[str, Any] | None = None, learning_ra
         Method("standard", "standard CoT", {**base, "distill_format": "standard"}, family="standard"),
         Method("slowed", "SLowED (standard)", {**base, "distill_format": "standard", **slowed}, family="slowed"),
         Method("cascade", "CasCoD", {**base, "distill_format": "cascade"}, family="cascade"),
-        Method("cascade_slowed", "CasCoD + SLowED", {**base, "distill_format": "cascade", **slowed}, family="slowed"),
         Method("answer_first", "answer-first", {**base, "distill_format": "answer_first"}, family="answer_first"),
     ]
     scale = lr / size.distil_lr
@@ -163,6 +164,7 @@ def opt_in_methods(size: RunSize, slowed: dict[str, Any] | None = None) -> list[
     slowed = dict(SLOWED_DEFAULTS if slowed is None else slowed)
     base = {"learning_rate": size.distil_lr, "distill_format": "standard"}
     return [
+        Method("cascade_slowed", "CasCoD + SLowED", {**base, "distill_format": "cascade", **slowed}, family="slowed"),
         Method("slowed_mask_only", "SLowED ablation: masking alone", {**base, **masking_only(slowed)}, family="ablation"),
         Method("slowed_slow_only", "SLowED ablation: slow tuning alone", {**base, **slow_tuning_only(slowed)},
                family="ablation"),
