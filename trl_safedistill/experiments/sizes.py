@@ -102,7 +102,7 @@ class RunSize:
     max_length: int = field(default=256, metadata=AT_LEAST_1)  # training records longer than this (standard format) are left out, not cut
     max_train_records: int = field(default=0, metadata=AT_LEAST_0)  # 0: every record that fits max_length; else the first N (task round-robin order)
     # refusal examples' share of the standard_refusal_mix data: the version-2 equal-effort sweep's choice (of 2.5, 5,
-    # 10, 20%; none kept the calibration refusal, 10% had the best balance; README "Shipped settings")
+    # 10, 20%; none kept the calibration refusal, 10% had the best balance; README "Equal tuning effort")
     refusal_mix_fraction: float = field(default=0.1, metadata=FRACTION_BELOW_1)
     keep_checkpoints: bool = False  # keep every curve checkpoint (the evidence run evaluates early-stopped standard CoT)
     curve_every: int = field(default=5, metadata=AT_LEAST_1)  # curve points (and checkpoints) every k optimizer steps, plus step 0 and the last
@@ -175,7 +175,7 @@ SIZES: dict[str, RunSize] = {
         bootstrap_iters=50,
     ),
     # The default demo: the field defaults, one curve point per student (step 10, the last; beside step 0) so that
-    # `make demo` keeps its 30-minute budget on a 2-core CPU (each intermediate point cost ~26 s per student).
+    # `make demo` keeps its 30-minute budget on a 2-core CPU (each intermediate point cost ~40 s per student).
     "default": RunSize(name="default", curve_every=10),
     "longer": RunSize(
         name="longer",

@@ -53,7 +53,7 @@ REFERENCE_FIELDS = ("slow_tuning_reference", "safe_lora_reference", "asft_refere
 
 #: SLowED settings of the ``slowed`` methods (entropy masking + slow tuning): the ``slowed`` choice of the version-2
 #: equal-effort sweep (``results/evidence-v2/equal-effort/sweep.json``; module docstring of
-#: :mod:`~trl_safedistill.experiments.sweep`, README "Shipped settings"): mask the lowest-entropy half of the rationale
+#: :mod:`~trl_safedistill.experiments.sweep`, README "Equal tuning effort"): mask the lowest-entropy half of the rationale
 #: tokens and keep each layer's drift from the aligned start within 0.25 of its alignment delta ||W_aligned -
 #: W_pre-alignment|| (``project`` rule, ``reference`` unit). No point of the family's ladder (budget 1, 0.75, 0.5, 0.25)
 #: kept the calibration refusal within 5 points of the aligned start; 0.25 is the one of best balance (refusal 57.3%,
@@ -157,9 +157,10 @@ def slow_tuning_only(slowed: dict[str, Any]) -> dict[str, Any]:
 
 
 def opt_in_methods(size: RunSize, slowed: dict[str, Any] | None = None) -> list[Method]:
-    """Methods a run trains only when they are named (``--methods``): the SLowED ablation (masking alone, slow tuning
-    alone; ``slowed`` of :func:`methods_for` is both) and the Safe LoRA and AsFT baselines, all standard CoT at the
-    size's learning rate from the aligned start (table in the module docstring). The default demo's list
+    """Methods a run trains only when they are named (``--methods``): CasCoD + SLowED, the SLowED ablation (masking
+    alone, slow tuning alone; ``slowed`` of :func:`methods_for` is both), the direction rule alone, the Safe LoRA and
+    AsFT baselines (table in the module docstring) and adaptive thinking, all at the size's learning rate from the
+    aligned start. The default demo's list
     (:func:`methods_for`) leaves them out, so its time budget does not grow with each one added."""
     slowed = dict(SLOWED_DEFAULTS if slowed is None else slowed)
     base = {"learning_rate": size.distil_lr, "distill_format": "standard"}
