@@ -156,9 +156,6 @@ def _calibrated_fields(config: SafeDistillConfig) -> dict:
 def test_the_shipped_settings_are_the_equal_effort_sweeps_choice(family, tmp_path):
     """SLOWED_DEFAULTS, DIRECTION_SETTINGS, SAFE_LORA_SETTINGS, ASFT_SETTINGS and the refusal-mix fraction equal what
     the committed equal-effort sweep chose for that family (read as SafeDistillConfig, references resolved alike)."""
-    if not EQUAL_EFFORT_SWEEP.exists():
-        pytest.skip(f"{EQUAL_EFFORT_SWEEP.relative_to(EQUAL_EFFORT_SWEEP.parents[3])} is not committed yet: the "
-                    "version-2 equal-effort sweep has not finished, so the shipped settings are still version 1's")
     choice = json.loads(EQUAL_EFFORT_SWEEP.read_text())["chosen"][family]
     size = get_size("evidence")
     if family == "refusal_mix":
