@@ -165,3 +165,28 @@ def test_the_shipped_settings_are_the_equal_effort_sweeps_choice(family, tmp_pat
     calibrated = Method("chosen", "chosen", choice["config"])
     assert _calibrated_fields(build_config(shipped.resolved("/ref"), tmp_path)) == \
         _calibrated_fields(build_config(calibrated.resolved("/ref"), tmp_path))
+
+
+@pytest.mark.parametrize("family", ["direction", "safe_lora", "asft", "refusal_mix"])
+def test_each_baseline_recipe_ships_the_equal_effort_sweeps_choice(family, tmp_path):
+    """recipes/embedded-default/<family>.yaml, read by the real parser, carries the sweep's calibrated choice for that
+    family (the reference names the embedded default before `trl-safedistill align`), so a user can pick the baseline
+    with the same settings the evidence run measures."""
+    from trl_safedistill.train import make_parser
+
+    choice = json.loads(EQUAL_EFFORT_SWEEP.read_text())["chosen"][family]
+    recipe = RECIPES / "embedded-default" / f"{family}.yaml"
+    script_args, args, model_args = make_parser().parse_args_and_config(args=["--config", str(recipe), "--bf16", "false"])
+    assert model_args.model_name_or_path == "outputs/embedded-default/aligned/merged"
+    assert args.distill_format == "standard"
+    if family == "refusal_mix":
+        assert script_args.refusal_mix_fraction == choice["refusal_mix_fraction"]
+        assert _calibrated_fields(args) == _calibrated_fields(build_config(Method("plain", "plain", {}), tmp_path))
+        return
+    assert script_args.refusal_mix_fraction == 0.0
+    for key in REFERENCE_FIELDS:
+        if getattr(args, key, None) is not None:
+            assert getattr(args, key) == "embedded-default"
+            setattr(args, key, "/ref")
+    calibrated = build_config(Method("chosen", "chosen", choice["config"]).resolved("/ref"), tmp_path)
+    assert _calibrated_fields(args) == _calibrated_fields(calibrated)
