@@ -373,23 +373,45 @@ def best_point(points: list[dict[str, Any]], aligned_refusal: float, both_module
 
 def plot(points: list[dict[str, Any]], aligned: dict[str, Any], path: Path,
          title: str = "SLowED sweep: one point per setting (red: standard CoT, green: best SLowED, star: aligned start)") -> None:
+    """Refusal against IND accuracy and against held-out loss, one marker per point.
+
+    Points of an equal-effort sweep (each with a ``family``) get one colour per family, joined in ladder order, and
+    only each family's choice (ringed, "family value") and standard CoT are labelled, so that clustered points stay readable;
+    points without a family (the SLowED grid sweep) are each labelled with their id.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    families = list(dict.fromkeys(p["family"] for p in points if p.get("family")))
+    colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, key, label in ((axes[0], "ind_mc_acc", "IND accuracy (MC log-likelihood)"),
                            (axes[1], "heldout_loss", "held-out rationale loss (lower = learned more)")):
-        ax.scatter([aligned[key]], [aligned["refusal"]], color="black", marker="*", s=120, label="aligned start")
+        ax.scatter([aligned[key]], [aligned["refusal"]], color="black", marker="*", s=120, label="aligned start", zorder=3)
+        for i, family in enumerate(families):
+            members = [p for p in points if p.get("family") == family]
+            # the ladder is a curve in loss (which training effort moves); IND accuracy is not monotone in it
+            ax.plot([p[key] for p in members], [p["refusal"] for p in members], color=colours[family], marker="o",
+                    linewidth=0.8 if key == "heldout_loss" else 0, markersize=5, label=family)
+            for p in members:
+                if p.get("best"):
+                    ax.scatter([p[key]], [p["refusal"]], s=140, facecolors="none", edgecolors="black", zorder=3)
+                    ax.annotate(f"{family} {p.get('value', '')}".strip(), (p[key], p["refusal"]), fontsize=7,
+                                xytext=(6, 4 if i % 2 == 0 else -10), textcoords="offset points")
         for p in points:
+            if p.get("family"):
+                continue
             color = "tab:red" if p["id"] == "standard" else ("tab:green" if p.get("best") else "tab:blue")
-            ax.scatter([p[key]], [p["refusal"]], color=color)
+            ax.scatter([p[key]], [p["refusal"]], color=color, marker="s" if families else "o", zorder=3)
             ax.annotate(p["id"], (p[key], p["refusal"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(label)
         ax.set_ylabel("refusal of calibration harmful prompts")
         ax.set_ylim(-0.02, 1.02)
     axes[1].invert_xaxis()
+    if families:
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -563,7 +585,7 @@ def run_equal_effort(size, run_dir: Path, quiet: bool = False,
     }
     write_json(out / "sweep.json", summary)
     plot([reference, *points], aligned, out / "sweep.png",
-         title="equal-effort sweep: K points per family (red: standard CoT, green: each family's choice, star: aligned start)")
+         title="equal-effort sweep: K points per family in ladder order (red square: standard CoT, ringed: each family's choice, star: aligned start)")
     if stored is not None:
         stored.finish(summary, out / "sweep.png")
     for family, choice in chosen.items():
