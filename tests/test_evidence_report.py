@@ -175,6 +175,12 @@ def test_three_seeds_same_model_keeps_safety_and_a_20_point_drop_does_not(tmp_pa
     assert [r["model"] for r in summary["ranking"]] == ["same"]  # drop fails claim 2
     report = (run / "REPORT.md").read_text(encoding="utf-8")
     assert "same keeps safety" in report or "| same |" in report
+    # the table of every model ranks by claim 2's verdict first: `drop` keeps more of the gain (0.2 of 0.3 against
+    # 0.15) but loses 20 refusal points, so it comes after `same`, with its verdict and its mean refusal delta
+    after = report.split("| model | family | seeds | keeps safety |", 1)[1].split("\n\n", 1)[0]
+    table = [line for line in after.splitlines() if line.startswith(("| same |", "| drop |"))]
+    assert [line.split(" | ")[0] for line in table] == ["| same", "| drop"]
+    assert "**met**" in table[0] and "**not met**" in table[1] and "| -20.0 pts |" in table[1]
     assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["claims"]["keeps_safety"]["same"]["verdict"] == "met"
 
 

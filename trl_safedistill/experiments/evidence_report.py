@@ -913,7 +913,39 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
                   for i, r in enumerate(summary["ranking"], start=1)]
     else:
         lines.append("none")
+    lines += ["", *_verdict_table(summary)]
     return "\n".join(lines) + "\n"
+
+
+#: Order of claim 2's verdicts in the table of every model: a kept safety first, then the undecided, then the lost.
+_VERDICT_ORDER = {"met": 0, "undecided": 1, "not met": 2}
+
+
+def _verdict_table(summary: Mapping[str, Any]) -> list[str]:
+    """Every distilled model but standard CoT, with its verdicts: ordered by claim 2 (keeps safety: met, undecided,
+    not met), then by mean retained capability gain, so the ranking the issue asks for reads off even when no model
+    keeps safety; the frontier columns are claim 4 (methods only; the controls are the frontier)."""
+    claims = summary["claims"]
+    rows = []
+    for name, retained in claims["retained_gain"].items():
+        keeps = claims["keeps_safety"][name]
+        rows.append((_VERDICT_ORDER.get(keeps["verdict"], 1), -(retained["mean"] if retained["mean"] is not None
+                                                                 else float("-inf")), name, keeps, retained))
+    lines = ["Every distilled model, ordered by claim 2's verdict (met, undecided, not met), then by mean retained "
+             "capability gain; deltas are against the aligned start, mean over seeds:", "",
+             "| model | family | seeds | keeps safety | refusal delta | over-refusal delta | retained gain [95% CI] | "
+             "vs lower-lr frontier | vs early-stop frontier |", "|---|---|---|---|---|---|---|---|---|"]
+    for _, _, name, keeps, retained in sorted(rows):
+        family = summary["models"][name]["family"]
+        deltas = [keeps[m]["deltas"] for m in ("refusal", "over_refusal")]
+        shown = [f"{sum(d) / len(d) * 100:+.1f} pts" if d else "n/a" for d in deltas]
+        frontier = claims["frontier"].get(name)
+        against = [("control" if frontier is None else
+                    f"{_num_ci(frontier['families'][f].get('mean'), frontier['families'][f].get('ci'))}: "
+                    f"{frontier['families'][f]['verdict']}") for f in FRONTIER_FAMILIES]
+        lines.append(f"| {name} | {family} | {len(keeps['seeds'])} | **{keeps['verdict']}** | {shown[0]} | {shown[1]} | "
+                     f"{_num_ci(retained['mean'], retained['ci'], 3)} | {against[0]} | {against[1]} |")
+    return lines
 
 
 def build_summary(run: Run) -> dict[str, Any]:
