@@ -196,6 +196,9 @@ def test_one_seed_is_undecided_because_n_is_small(tmp_path):
     assert capability["verdict"] == "undecided" and "n is small" in capability["reason"]
     assert "n is small" in summary["small_n"]
     assert summary["ranking"] == []
+    # a share of an undecided gain is not meaningful, and the note says undecided, not "not met"
+    retained = summary["claims"]["retained_gain"]["same"]
+    assert not retained["meaningful"] and "claim 1 is undecided" in retained["note"]
     report = (run / "REPORT.md").read_text(encoding="utf-8")
     assert "Undecided because n is small" in report
     assert "\nnone\n" in report

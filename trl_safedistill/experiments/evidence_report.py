@@ -533,7 +533,7 @@ def _nll(unit: Unit) -> float:
     return float(nll.sum() / tokens.sum())
 
 
-def claim_retained_gain(run: Run, model: str, alpha: float, capability_met: bool) -> dict[str, Any]:
+def claim_retained_gain(run: Run, model: str, alpha: float, capability_verdict: str) -> dict[str, Any]:
     """Claim 3 for ``model``: share of standard CoT's NLL gain it keeps, per seed, mean and t-CI across seeds."""
     per_seed: dict[str, Any] = {}
     values = []
@@ -553,8 +553,9 @@ def claim_retained_gain(run: Run, model: str, alpha: float, capability_met: bool
     summary = across_seeds(values, alpha)
     return {
         "claim": f"{model} retains standard CoT's capability gain", "per_seed": per_seed, **summary,
-        "meaningful": capability_met,
-        "note": None if capability_met else "claim 1 is not met, so a share of standard CoT's gain is not meaningful",
+        "meaningful": capability_verdict == "met",
+        "note": None if capability_verdict == "met" else
+        f"claim 1 is {capability_verdict}, so a share of standard CoT's gain is not meaningful",
         "test": "(NLL_aligned - NLL_M) / (NLL_aligned - NLL_standard) per seed; mean and t-CI across seeds",
     }
 
@@ -970,7 +971,7 @@ def build_summary(run: Run) -> dict[str, Any]:
     capability = claim_capability(run, alpha)
     others = [m for m, info in models.items() if info["family"] != "aligned"]
     keeps = {m: claim_keeps_safety(run, m, margin, alpha) for m in others}
-    retained = {m: claim_retained_gain(run, m, alpha, capability["verdict"] == "met")
+    retained = {m: claim_retained_gain(run, m, alpha, capability["verdict"])
                 for m in others if models[m]["family"] != "standard"}
     methods = [m for m in others if models[m]["family"] not in CONTROL_FAMILIES]
     frontier = {m: claim_frontier(run, m, alpha) for m in methods}
@@ -1011,7 +1012,7 @@ def console_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += [_verdict_line("2", c) for c in claims["keeps_safety"].values()]
     for name, c in claims["retained_gain"].items():
         lines.append(f"claim 3: {name} retained gain: {_num_ci(c['mean'], c['ci'], 3)} over {c['n']} seed(s)"
-                     + ("" if c["meaningful"] else " (not meaningful: claim 1 is not met)"))
+                     + ("" if c["meaningful"] else f" (not meaningful: claim 1 is {claims['capability']['verdict']})"))
     lines += [_verdict_line("4", c) for c in claims["frontier"].values()]
     for model, per_seed in summary["adaptive"].items():
         for seed, result in per_seed.items():
