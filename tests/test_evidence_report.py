@@ -315,3 +315,26 @@ def test_two_aligned_units_on_a_seed_is_an_error_naming_the_seed(tmp_path):
     write_unit(run, 1, "aligned_again", "aligned", rows_for(1))
     with pytest.raises(UserError, match=r"seed1: field 'family': 2 units are 'aligned'"):
         load_run(run)
+
+
+def test_the_aligned_start_closes_the_frontier_so_a_safer_method_is_still_compared(tmp_path):
+    """A method refusing more than every control unit but less than its aligned start is interpolated towards the
+    start (learning rate 0: gain 0), not left outside the range: aligned (90%, 0), lr (80%, 0.2), method at 85%."""
+    run = tmp_path / "run"
+    seeds = [1, 2, 3]
+    write_manifest(run, seeds, ["aligned", "standard", "lr", "safe"])
+    for seed, gain in zip(seeds, [0.04, 0.05, 0.06]):
+        write_unit(run, seed, "aligned", "aligned", rows_for(seed))
+        write_unit(run, seed, "standard", "standard", rows_for(seed, harm=-30, gain=0.3))
+        write_unit(run, seed, "lr", "lower_lr", rows_for(seed, harm=-10, gain=0.2), learning_rate=5e-5)
+        write_unit(run, seed, "safe", "safe_lora", rows_for(seed, harm=-5, gain=gain))
+    summary = write_evidence_report(run)
+    lower_lr = summary["claims"]["frontier"]["safe"]["families"]["lower_lr"]
+    for seed, gain in (("1", 0.04), ("2", 0.05), ("3", 0.06)):
+        entry = lower_lr["per_seed"][seed]
+        # between (0.8, 0.2) and the start (0.9, 0): 0.2 + (0.85 - 0.8) / 0.1 * (0 - 0.2) = 0.1
+        assert entry["bracket"] == [pytest.approx([0.8, 0.2]), pytest.approx([0.9, 0.0])]
+        assert entry["frontier_gain"] == pytest.approx(0.1, abs=1e-9)
+        assert entry["diff"] == pytest.approx(gain - 0.1, abs=1e-9)
+    assert lower_lr["mean"] == pytest.approx(-0.05, abs=1e-9) and lower_lr["verdict"] == "not met"
+    assert {p["model"] for p in lower_lr["per_seed"]["1"]["points"]} == {"aligned", "standard", "lr"}
