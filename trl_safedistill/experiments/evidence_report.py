@@ -938,8 +938,9 @@ def _verdict_table(summary: Mapping[str, Any]) -> list[str]:
         keeps = claims["keeps_safety"][name]
         rows.append((_VERDICT_ORDER.get(keeps["verdict"], 1), -(retained["mean"] if retained["mean"] is not None
                                                                  else float("-inf")), name, keeps, retained))
-    lines = ["Every distilled model, ordered by claim 2's verdict (met, undecided, not met), then by mean retained "
-             "capability gain; deltas are against the aligned start, mean over seeds:", "",
+    lines = ["Every distilled model but standard CoT (the reference of the shares), ordered by claim 2's verdict (met, "
+             "undecided, not met), then by mean retained capability gain; deltas are against the aligned start, mean "
+             "over seeds:", "",
              "| model | family | seeds | keeps safety | refusal delta | over-refusal delta | retained gain [95% CI] | "
              "vs lower-lr frontier | vs early-stop frontier |", "|---|---|---|---|---|---|---|---|---|"]
     for _, _, name, keeps, retained in sorted(rows):
