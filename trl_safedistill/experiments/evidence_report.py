@@ -945,8 +945,8 @@ def _verdict_table(summary: Mapping[str, Any]) -> list[str]:
              "vs lower-lr frontier | vs early-stop frontier |", "|---|---|---|---|---|---|---|---|---|"]
     for _, _, name, keeps, retained in sorted(rows):
         family = summary["models"][name]["family"]
-        deltas = [keeps[m]["deltas"] for m in ("refusal", "over_refusal")]
-        shown = [f"{sum(d) / len(d) * 100:+.1f} pts" if d else "n/a" for d in deltas]
+        means = [keeps[m]["tost"]["mean"] for m in ("refusal", "over_refusal")]  # claim 2's own mean delta
+        shown = ["n/a" if mean is None else f"{mean * 100:+.1f} pts" for mean in means]
         frontier = claims["frontier"].get(name)
         against = [("control" if frontier is None else
                     f"{_num_ci(frontier['families'][f].get('mean'), frontier['families'][f].get('ci'))}: "
