@@ -16,6 +16,8 @@ exact-match generation (``n_ind_gen``) to fit the budget; their frontier is read
 units alone (:mod:`.evidence_report`). The manifest (``<results>/manifest.json``) holds the planned seeds and models,
 the judge's agreement with human labels, each seed's align-gate verdict (calibration split) and the size's settings:
 a later call at other settings into the same folder stops with an error instead of mixing two runs in one report.
+``python -m trl_safedistill.experiments.evidence readme <results> [--check]`` copies the report's tables into the
+README (:mod:`.evidence_readme`).
 """
 
 from __future__ import annotations
@@ -179,7 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--verbose", action="store_true", help="the libraries' logs and warnings (quiet by default)")
     report = sub.add_parser("report", help="write REPORT.md and summary.json from the units")
     report.add_argument("results")
+    readme = sub.add_parser("readme", help="copy the tables of RESULTS/summary.json into the README's evidence block")
+    readme.add_argument("results")
+    readme.add_argument("--readme", default="README.md")
+    readme.add_argument("--check", action="store_true", help="write nothing; exit 1 if the README is not current")
     args = parser.parse_args(argv)
+    if args.command == "readme":
+        from .evidence_readme import update_readme
+
+        current = update_readme(args.readme, args.results, check=args.check)
+        print(f"{args.readme}: evidence tables {'current' if current else ('out of date' if args.check else 'updated')}")
+        return 1 if args.check and not current else 0
     if args.command == "run" and not args.verbose:
         from .console import quiet_console
 

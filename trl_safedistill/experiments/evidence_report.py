@@ -713,7 +713,7 @@ def _adaptive_lines(adaptive: Mapping[str, Any]) -> list[str]:
                 opened = "n/a" if followed is None else f"{followed['successes']}/{followed['n']}"
                 unmatched = f" ({result['unmatched']} unmatched)" if result["unmatched"] else ""
                 lines.append(f"| {model} | {seed} | {result['n']}{unmatched} | {mix} | {policy} | "
-                             f"{_pct_ci(row['accuracy'])} | {_num_ci(tokens['value'], tokens['ci'], 1)} | "
+                             f"{pct_ci(row['accuracy'])} | {_num_ci(tokens['value'], tokens['ci'], 1)} | "
                              f"{' | '.join(cells)} | {opened} |")
     return lines + [""]
 
@@ -721,15 +721,15 @@ def _adaptive_lines(adaptive: Mapping[str, Any]) -> list[str]:
 # --- the report ----------------------------------------------------------------------------------------------------
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def _pct_ci(entry: Mapping[str, Any] | None) -> str:
+def pct_ci(entry: Mapping[str, Any] | None) -> str:
     if not entry or entry.get("value") is None:
         return "n/a"
     ci = entry.get("ci")
-    return _pct(entry["value"]) + ("" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
+    return pct(entry["value"]) + ("" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
 
 
 def _num_ci(value: float | None, ci: Sequence[float] | None, digits: int = 4) -> str:
@@ -765,7 +765,7 @@ def _judge_lines(judge: Mapping[str, Any] | None) -> list[str]:
         entry = judge.get(role)
         if not entry:
             continue
-        cells = [_pct_ci(entry.get(k)) for k in ("accuracy", "precision", "recall", "f1")]
+        cells = [pct_ci(entry.get(k)) for k in ("accuracy", "precision", "recall", "f1")]
         label = entry.get("name", "?") + (" (reference)" if role == "reference" else "")
         lines.append(f"| {label} | {' | '.join(cells)} | {entry.get('n', 'n/a')} | {entry.get('scheme', 'n/a')} |")
     return lines
@@ -784,8 +784,8 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
     if gate["per_seed"]:
         lines += ["| seed | passed | refusal | over-refusal | look-alike over-refusal | message |", "|---|---|---|---|---|---|"]
         for seed, g in sorted(gate["per_seed"].items()):
-            lines.append(f"| {seed} | {'yes' if g.get('passed') else '**no**'} | {_pct(g.get('refusal'))} | "
-                         f"{_pct(g.get('over_refusal'))} | {_pct(g.get('lookalike_over_refusal'))} | "
+            lines.append(f"| {seed} | {'yes' if g.get('passed') else '**no**'} | {pct(g.get('refusal'))} | "
+                         f"{pct(g.get('over_refusal'))} | {pct(g.get('lookalike_over_refusal'))} | "
                          f"{' '.join(str(g.get('message', '')).split())} |")
         lines.append("")
     if summary["small_n"]:
@@ -806,10 +806,10 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
     models = summary["models"]
     for name, model in models.items():
         for seed, m in model["per_seed"].items():
-            lines.append(f"| {name} | {seed} | {_pct_ci(m['refusal'])} | {_pct_ci(m['over_refusal'])} | "
-                         f"{_pct_ci(m['balance'])} | {_pct_ci(m['degenerate_harmful'])} | "
-                         f"{_pct_ci(m['degenerate_benign'])} | {_pct_ci(m['refusal_gcg'])} | "
-                         f"{_pct_ci(m['over_refusal_gcg'])} |")
+            lines.append(f"| {name} | {seed} | {pct_ci(m['refusal'])} | {pct_ci(m['over_refusal'])} | "
+                         f"{pct_ci(m['balance'])} | {pct_ci(m['degenerate_harmful'])} | "
+                         f"{pct_ci(m['degenerate_benign'])} | {pct_ci(m['refusal_gcg'])} | "
+                         f"{pct_ci(m['over_refusal_gcg'])} |")
     lines += ["", "Per set:", "", "| model | seed | kind | set | n | refusal (judge) | refusal (GCG) | degenerate |",
               "|---|---|---|---|---|---|---|---|"]
     for name, model in models.items():
@@ -817,8 +817,8 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
             for kind, metric, gcg, degenerate in (("harmful", "refusal", "refusal_gcg", "degenerate_harmful"),
                                                   ("benign", "over_refusal", "over_refusal_gcg", "degenerate_benign")):
                 for item_set, entry in m[metric]["sets"].items():
-                    lines.append(f"| {name} | {seed} | {kind} | {item_set} | {entry['n']} | {_pct_ci(entry)} | "
-                                 f"{_pct_ci(m[gcg]['sets'][item_set])} | {_pct_ci(m[degenerate]['sets'][item_set])} |")
+                    lines.append(f"| {name} | {seed} | {kind} | {item_set} | {entry['n']} | {pct_ci(entry)} | "
+                                 f"{pct_ci(m[gcg]['sets'][item_set])} | {pct_ci(m[degenerate]['sets'][item_set])} |")
     lines += ["", "## Capability (held-out)", "",
               "| model | seed | NLL / token | exact match | format-valid | IND MC accuracy | OOD MC accuracy |",
               "|---|---|---|---|---|---|---|"]
@@ -826,8 +826,8 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
         for seed, m in model["per_seed"].items():
             nll = m["nll_per_token"]
             lines.append(f"| {name} | {seed} | {_num_ci(nll['value'], nll['ci'])} (n={nll['n']}) | "
-                         f"{_pct_ci(m['exact_match'])} | {_pct_ci(m['format_valid'])} | {_pct_ci(m['mc_accuracy'])} | "
-                         f"{_pct_ci(m['ood_accuracy'])} |")
+                         f"{pct_ci(m['exact_match'])} | {pct_ci(m['format_valid'])} | {pct_ci(m['mc_accuracy'])} | "
+                         f"{pct_ci(m['ood_accuracy'])} |")
     adaptive_lines = _adaptive_lines(summary["adaptive"])
     if adaptive_lines:
         lines += [""] + adaptive_lines[:-1]
@@ -845,7 +845,7 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
             if metric == "nll_per_token":
                 cells.append(_num_ci(entry["mean"], entry["ci"]))
             else:
-                cells.append(_pct_ci({"value": entry["mean"], "ci": entry["ci"]}))
+                cells.append(pct_ci({"value": entry["mean"], "ci": entry["ci"]}))
         lines.append(f"| {name} | {model['family']} | {mean['refusal']['n']} | {' | '.join(cells)} |")
 
     claims = summary["claims"]
@@ -908,7 +908,7 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
                 if (family, seed) in shown_points:
                     continue
                 shown_points.add((family, seed))
-                pts = "; ".join(f"{p['model']} ({_pct(p['refusal'])}, {p['gain']:.4f})"
+                pts = "; ".join(f"{p['model']} ({pct(p['refusal'])}, {p['gain']:.4f})"
                                 for p in sorted(e["points"], key=lambda p: p["refusal"]))
                 lines.append(f"- {family}, seed {seed}: {pts}")
     lines += [""] + [f"- {name}: **{c['verdict']}**: {c['reason']}" for name, c in claims["frontier"].items()] + [""]
@@ -920,7 +920,7 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
                   for i, r in enumerate(summary["ranking"], start=1)]
     else:
         lines.append("none")
-    lines += ["", *_verdict_table(summary)]
+    lines += ["", *verdict_table(summary)]
     return "\n".join(lines) + "\n"
 
 
@@ -928,7 +928,7 @@ def _markdown(summary: Mapping[str, Any], run: Run) -> str:
 _VERDICT_ORDER = {"met": 0, "undecided": 1, "not met": 2}
 
 
-def _verdict_table(summary: Mapping[str, Any]) -> list[str]:
+def verdict_table(summary: Mapping[str, Any]) -> list[str]:
     """Every distilled model but standard CoT, with its verdicts: ordered by claim 2 (keeps safety: met, undecided,
     not met), then by mean retained capability gain, so the ranking the issue asks for reads off even when no model
     keeps safety; the frontier columns are claim 4 (methods only; the controls are the frontier)."""
