@@ -6,7 +6,8 @@ the README's two marker lines (:data:`BEGIN`, :data:`END`) with it; ``--check`` 
 current (exit 1 if not). A test runs the check on the committed run, so a README number can only change with the
 report it is copied from.
 
-The block holds, from the report's test-split numbers only:
+The block holds, from the report's test-split numbers only (besides the align gate per seed, measured on the
+calibration split, and the judges' agreement with the human labels, reported beside every safety number):
 
 * per model, one cell per planned seed (``s0 / s1 / s2``, ``-`` where a unit is missing): refusal of harmful prompts
   and over-refusal of benign ones (default judge), pooled per-token NLL of the test rationales, exact match and
