@@ -109,6 +109,9 @@ def test_a_readme_without_both_markers_is_refused_by_name(tmp_path: Path) -> Non
     readme.write_text(BEGIN + "\n" + END + "\n")
     with pytest.raises(UserError, match="summary.json: no evidence summary"):
         update_readme(readme, tmp_path / "nowhere")
+    (results / "summary.json").write_text("{")
+    with pytest.raises(UserError, match="summary.json:1: not valid JSON"):
+        update_readme(readme, results)
 
 
 def test_the_committed_readme_holds_the_committed_evidence_tables() -> None:

@@ -137,7 +137,7 @@ class Run:
     missing: list[dict[str, Any]]
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -242,7 +242,7 @@ def load_run(run_dir: str | Path) -> Run:
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: no manifest; pass the folder the evidence runner wrote (it holds manifest.json)")
-    manifest = _check_manifest(manifest_path, _read_json(manifest_path))
+    manifest = _check_manifest(manifest_path, read_json(manifest_path))
     units: dict[int, dict[str, Unit]] = {}
     missing: list[dict[str, Any]] = []
     found_dirs = {p.parent for p in path.glob("seed*/*/unit.json")} | {p.parent for p in path.glob("seed*/*/items.jsonl.gz")}
@@ -258,7 +258,7 @@ def load_run(run_dir: str | Path) -> Run:
             missing.append({"seed": seed, "model": model, "path": str(folder.relative_to(path)),
                             "reason": f"no {' or '.join(absent)}"})
             continue
-        meta = _read_json(meta_path)
+        meta = read_json(meta_path)
         if not isinstance(meta, dict):
             raise UserError(f"{meta_path}:1: unit.json must be a JSON object")
         for name, expected in (("model", model), ("seed", seed)):
