@@ -131,3 +131,53 @@ def test_safe_lora_and_asft_through_safedistilltrainer(tmp_path, tiny_tokenizer)
     report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
     assert report["projected"] == len(report["layers"]) == 4  # threshold 1: every layer (2 kinds x 2 layers)
     assert all(math.isfinite(r["similarity"]) for r in report["layers"])
+
+
+def test_on_a_4bit_base_the_alignment_matrix_is_read_in_saved_precision(tmp_path):
+    """QLoRA (the paper students' recipes): every layer's C on an NF4 base equals C from the full-precision weights,
+    because W_aligned is read from the saved files (here the model's own folder), never from the NF4 copy, whose
+    rounding would swamp an alignment delta of 0.2% of ||W|| (checked: V from the dequantized base points elsewhere);
+    with no saved aligned tensor the quantized base is refused."""
+    from bitsandbytes.functional import dequantize_4bit
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from .conftest import make_tiny_model
+
+    make_tiny_model(64, hidden_size=64).save_pretrained(tmp_path / "aligned")
+    saved = load_file(str(next((tmp_path / "aligned").glob("*.safetensors"))))
+    g = torch.Generator().manual_seed(3)
+    deltas = {}
+    for key, w in saved.items():
+        if key.endswith(("q_proj.weight", "v_proj.weight")):
+            low_rank = torch.randn(w.shape[0], 2, generator=g) @ torch.randn(2, w.shape[1], generator=g)
+            deltas[key] = 0.002 * w.norm() * low_rank / low_rank.norm()
+    save_file({k: (saved[k] - d).contiguous() for k, d in deltas.items()}, str(tmp_path / "unaligned.safetensors"))
+    unaligned = str(tmp_path / "unaligned.safetensors")
+
+    def with_lora(model):
+        return get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+
+    full = with_lora(AutoModelForCausalLM.from_pretrained(tmp_path / "aligned"))
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    four = with_lora(AutoModelForCausalLM.from_pretrained(tmp_path / "aligned", quantization_config=quant,
+                                                          device_map="cpu"))
+    for mode in ("approximate", "exact"):
+        reference = layer_projections(full, unaligned, str(tmp_path / "aligned"), mode, "safe_lora")
+        quantized = layer_projections(four, unaligned, None, mode, "asft")  # the model's own folder
+        assert len(reference) == len(quantized) == len(deltas) and all(q.unit.quantized for q in quantized)
+        for a, b in zip(reference, quantized):
+            c_a = a.basis @ torch.diag(a.weights) @ a.basis.T
+            c_b = b.basis @ torch.diag(b.weights) @ b.basis.T
+            assert torch.allclose(c_a, c_b, atol=1e-5 * float(c_a.abs().max())), a.unit.name
+
+    layer = four.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    nf4_delta = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float() - \
+        (saved["model.layers.0.self_attn.q_proj.weight"] - deltas["model.layers.0.self_attn.q_proj.weight"])
+    true_delta = deltas["model.layers.0.self_attn.q_proj.weight"]
+    assert float(torch.nn.functional.cosine_similarity(nf4_delta.flatten(), true_delta.flatten(), dim=0)) < 0.5
+
+    save_file({"unrelated": torch.zeros(2, 2)}, str(tmp_path / "elsewhere.safetensors"))
+    with pytest.raises(ValueError, match="quantized base"):
+        layer_projections(four, unaligned, str(tmp_path / "elsewhere.safetensors"), "approximate", "safe_lora")

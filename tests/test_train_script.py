@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,51 @@ def test_an_overlong_record_stops_train_before_training_by_default(tmp_path, tin
         main(flags)
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists() and not (tmp_path / "out" / "model.safetensors").exists()
     assert main(flags + ["--overlong", "truncate_rationale"]) == 0
+
+
+def test_qlora_run_with_safe_lora_and_asft_on_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
+    """The paper students' baseline recipes (safe_lora.yaml, asft.yaml) on an NF4 base, through the train script:
+    AsFT's penalty is logged every step, and Safe LoRA (threshold 1: every layer) leaves each saved B in the column
+    space of its layer's rank-1 alignment matrix V = W_aligned - W_unaligned, W_aligned read from the student's
+    saved folder (the NF4 copy would give a full-rank V)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from trl_safedistill.methods.safe_lora import REPORT_FILE
+    from trl_safedistill.trainer import SafeDistillTrainer
+
+    logged: list[dict] = []
+    original_log = SafeDistillTrainer.log
+
+    def recording_log(self, logs, *args, **kwargs):
+        logged.append(logs)  # the dict itself: AsftCallback.on_log adds its penalty to it
+        return original_log(self, logs, *args, **kwargs)
+
+    monkeypatch.setattr(SafeDistillTrainer, "log", recording_log)
+    weights = load_file(str(next(tiny_model_dir.glob("*.safetensors"))))
+    g = torch.Generator().manual_seed(0)
+    directions = {k: torch.randn(w.shape[0], generator=g) for k, w in weights.items() if w.ndim == 2}
+    unaligned = {k: (w - 0.01 * torch.outer(directions[k], torch.randn(w.shape[1], generator=g))).contiguous()
+                 for k, w in weights.items() if w.ndim == 2}
+    save_file(unaligned, str(tmp_path / "unaligned.safetensors"))
+    flags = common_flags(tmp_path, tiny_model_dir, "cascade") + [
+        "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--load_in_4bit",
+        "--bnb_4bit_quant_type", "nf4", "--dtype", "float32", "--learning_rate", "0.05",
+        "--safe_lora", "true", "--safe_lora_reference", str(tmp_path / "unaligned.safetensors"),
+        "--safe_lora_threshold", "1.0", "--asft", "true", "--asft_reference", str(tmp_path / "unaligned.safetensors"),
+        "--asft_lambda", "0.5",
+    ]
+    assert main(flags) == 0
+    penalties = [entry["asft/penalty"] for entry in logged if "asft/penalty" in entry]
+    assert len(penalties) == 2 and penalties[0] == 0.0 < penalties[1]  # B = 0 before the first step
+    report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+    assert report["projected"] == len(report["layers"]) == 4  # q_proj and v_proj of 2 layers
+    adapter = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    checked = 0
+    for key, b in adapter.items():
+        if "lora_B" in key:
+            u = directions[re.sub(r"^base_model\.model\.|\.lora_B.*$", "", key) + ".weight"]
+            u, b = u / u.norm(), b.float()  # the adapter may be saved in bf16: tolerance of its rounding
+            assert b.abs().sum() > 0 and torch.allclose(b, torch.outer(u, u @ b), atol=1e-2 * float(b.abs().max()))
+            checked += 1
+    assert checked == 4

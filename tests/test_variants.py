@@ -190,3 +190,24 @@ def test_each_baseline_recipe_ships_the_equal_effort_sweeps_choice(family, tmp_p
             setattr(args, key, "/ref")
     calibrated = build_config(Method("chosen", "chosen", choice["config"]).resolved("/ref"), tmp_path)
     assert _calibrated_fields(args) == _calibrated_fields(calibrated)
+
+
+@pytest.mark.parametrize("student", ["qwen2.5-1.5b-instruct", "llama-3.2-1b-instruct", "bloomz-1b1"])
+@pytest.mark.parametrize("family", ["safe_lora", "asft"])
+def test_each_paper_students_baseline_recipe_ships_the_sweeps_choice(student, family, tmp_path):
+    """recipes/<student>/{safe_lora,asft}.yaml: QLoRA, CasCoD like that student's slowed.yaml, the equal-effort sweep's
+    calibrated field values, and the same unaligned weights as slowed.yaml's slow-tuning reference."""
+    import yaml
+
+    from trl_safedistill.train import make_parser
+
+    choice = json.loads(EQUAL_EFFORT_SWEEP.read_text())["chosen"][family]
+    _, args, model_args = make_parser().parse_args_and_config(
+        args=["--config", str(RECIPES / student / f"{family}.yaml"), "--bf16", "false"])
+    slowed = yaml.safe_load((RECIPES / student / "slowed.yaml").read_text())
+    assert model_args.load_in_4bit and model_args.model_name_or_path == slowed["model_name_or_path"]
+    assert args.distill_format == slowed["distill_format"] == "cascade"
+    assert getattr(args, f"{family}_reference") == slowed["slow_tuning_reference"]
+    setattr(args, f"{family}_reference", "/ref")
+    calibrated = build_config(Method("chosen", "chosen", choice["config"]).resolved("/ref"), tmp_path)
+    assert _calibrated_fields(args) == _calibrated_fields(calibrated)
