@@ -180,6 +180,32 @@ def test_evaluated_student_is_the_merged_adapter(tiny_tokenizer, tmp_path):
         assert not torch.allclose(student(input_ids=ids).logits, make_tiny_model(len(tiny_tokenizer), seed=2)(input_ids=ids).logits)
 
 
+def test_under_4bit_the_aligned_start_is_evaluated_in_the_students_quantisation(tiny_tokenizer, tmp_path):
+    """Issue 17 item 2: under a 4-bit size the aligned start is loaded in NF4 like every student's base. A student whose
+    LoRA update is zero (B = 0) then has exactly the aligned start's logits, while the full-precision start's differ
+    (so the NF4 load is not a no-op and an unquantised start would have shown "erosion" that is only rounding)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tests.conftest import make_tiny_model
+    from trl_safedistill.experiments.sizes import get_size
+    from trl_safedistill.experiments.training import load_model, load_student
+
+    make_tiny_model(len(tiny_tokenizer), seed=3, hidden_size=64).save_pretrained(tmp_path / "start")  # 64: bnb's CPU kernel
+    get_peft_model(make_tiny_model(len(tiny_tokenizer), seed=3, hidden_size=64),
+                   LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).save_pretrained(tmp_path / "final")
+    size = get_size("tiny").replace(load_in_4bit=True)
+    start = load_model(str(tmp_path / "start"), size)
+    assert any(type(m).__name__ == "Linear4bit" for m in start.modules())
+    student = load_student(str(tmp_path / "start"), tmp_path / "final", size)
+    full = load_model(str(tmp_path / "start"), get_size("tiny"))
+    assert not any(type(m).__name__ == "Linear4bit" for m in full.modules())
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(start(input_ids=ids).logits, student(input_ids=ids).logits)
+        assert not torch.allclose(start(input_ids=ids).logits, full(input_ids=ids).logits, atol=1e-4)
+
+
 def test_heldout_loss_is_the_mean_nll_of_the_target_tokens(tiny_tokenizer):
     """heldout_loss (one record per forward, logits only where a target is predicted) equals the mean token NLL
     computed from the full logits of each record, pooled over records of different lengths."""

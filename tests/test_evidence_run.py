@@ -42,11 +42,27 @@ def test_tiny_evidence_run_writes_every_unit_then_skips_them(tmp_path, monkeypat
     assert manifest["seeds"] == [0] and set(manifest["models"]) == expected and "0" in manifest["gate"]
     assert manifest["judge"]["default"]["name"] == "refusal-v1"
 
-    # a second run on a fresh work folder (another machine) finds every unit committed and evaluates nothing
+    # a second run on a fresh work folder (another machine) finds every unit committed and evaluates nothing: not even
+    # the data preparation and the alignment run, whose results no unit needs any more
     calls = []
     monkeypatch.setattr(evidence.EvidenceRun, "evaluate", lambda self, *a, **k: calls.append(a))
+    from trl_safedistill.experiments.demo_pipeline import DemoPipeline
+
+    monkeypatch.setattr(DemoPipeline, "run_start", lambda self: calls.append("run_start"))
     evidence.EvidenceRun("tiny", 0, tmp_path / "work2", results, overrides).run()
     assert calls == []
+    assert json.loads((results / "manifest.json").read_text())["gate"] == manifest["gate"]  # the gate kept
+    # a unit missing again (say, deleted by hand): the seed's stages run first, then that unit alone
+    import shutil
+
+    shutil.rmtree(results / "seed0" / "standard_lr1e-3")
+
+    def stop(self):
+        raise RuntimeError("stages started")
+
+    monkeypatch.setattr(DemoPipeline, "run_start", stop)
+    with pytest.raises(RuntimeError, match="stages started"):
+        evidence.EvidenceRun("tiny", 0, tmp_path / "work3", results, overrides).run()
     summary = evidence.main(["report", str(results)])
     assert summary == 0 and (results / "REPORT.md").exists()
 

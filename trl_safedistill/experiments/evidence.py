@@ -8,7 +8,8 @@ stopped early (its checkpoints at each ``curve_every`` step before the last: the
 **test** split (:func:`.parallel.evaluate_job`) written to ``<results>/seed<S>/<model>/`` as ``unit.json`` and
 ``items.jsonl.gz`` (every per-item response and judgment, compressed, 0600) the moment it finishes; ``--commit``
 commits that folder alone (``git commit --only``), so a run cut short continues from the repository on another
-machine: a unit whose ``unit.json`` exists is never run again. Its distillations take no curve points (the report
+machine: a unit whose ``unit.json`` exists is never run again, and a seed whose units are all in runs no stage at all
+(not even prepare and align). Its distillations take no curve points (the report
 reads none; ``unit.json``'s ``train.curve_probes``). The controls (lower_lr, early_stop) skip the IND
 exact-match generation (``n_ind_gen``) to fit the budget; their frontier is read on the held-out NLL.
 
@@ -67,8 +68,9 @@ class EvidenceRun:
     def done(self, model: str) -> bool:
         return (self.unit_dir(model) / "unit.json").exists()
 
-    def write_manifest(self, models: list[str]) -> None:
-        """Create or update ``manifest.json``: planned seeds and models, judge agreement, this seed's gate."""
+    def write_manifest(self, models: list[str], gate_from_align: bool = True) -> None:
+        """Create or update ``manifest.json``: planned seeds and models, judge agreement, this seed's gate (read from the
+        align stage; ``gate_from_align=False`` keeps the one the manifest holds, for a seed whose units are all in)."""
         import json
 
         from ..atomic import write_json
@@ -92,10 +94,19 @@ class EvidenceRun:
                             f"{settings.get(first)!r} now); pass another --results folder or move this one away")
         manifest["seeds"] = sorted(set(manifest["seeds"]) | {self.seed} | set(self.planned_seeds))
         manifest["models"] = list(dict.fromkeys([*manifest["models"], *models]))
-        gate = self.pipeline.runner.result("align")["gate"]
-        manifest["gate"][str(self.seed)] = {k: gate.get(k) for k in ("passed", "message", "refusal", "over_refusal",
-                                                                     "lookalike_over_refusal")}
+        if gate_from_align:
+            gate = self.pipeline.runner.result("align")["gate"]
+            manifest["gate"][str(self.seed)] = {k: gate.get(k) for k in ("passed", "message", "refusal", "over_refusal",
+                                                                         "lookalike_over_refusal")}
         write_json(path, manifest)
+
+    def complete(self, planned: list[str]) -> bool:
+        """Every planned unit of this seed is in the results folder and the manifest holds its gate: nothing to run."""
+        import json
+
+        path = self.results / "manifest.json"
+        return (all(self.done(name) for name in planned) and path.exists()
+                and str(self.seed) in json.loads(path.read_text()).get("gate", {}))
 
     def write_unit(self, model: str, label: str, family: str, result: dict[str, Any], learning_rate: float | None,
                    step: int | None, settings: dict[str, Any], train: dict[str, Any] | None, seconds: float) -> None:
@@ -130,10 +141,14 @@ class EvidenceRun:
 
     def run(self) -> None:
         pipeline = self.pipeline
-        pipeline.run_start()
         controls = [m for m in pipeline.methods if m.family == "lr_control"]
         early = [step for step in range(self.size.curve_every, self.size.distil_steps, self.size.curve_every)]
         planned = ["aligned", *self.methods, *[m.name for m in controls], *[f"standard_step{s}" for s in early]]
+        if self.complete(planned):  # no prepare, no alignment: on a fresh machine that would be ~15 minutes for nothing
+            self.write_manifest(planned, gate_from_align=False)  # still refuses a call at other settings
+            print(f"seed {self.seed}: all {len(planned)} units are in {self.results}; nothing to run", flush=True)
+            return
+        pipeline.run_start()
         self.write_manifest(planned)
         if not self.done("aligned"):
             result, seconds = self.evaluate("aligned", None, "standard", control=False)

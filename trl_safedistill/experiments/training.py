@@ -247,11 +247,18 @@ def distil(
 
 
 def load_model(path: str, size: RunSize):
-    """A saved full model (the aligned start) in the run's dtype, on the GPU when there is one, in eval mode."""
+    """A saved full model (the aligned start) in the run's dtype, on the GPU when there is one, in eval mode.
+
+    Under a 4-bit size it is quantized to NF4 exactly as :func:`load_student` quantizes it as every student's base, so
+    the aligned start and the students are evaluated in the same quantisation and a measured erosion is the training's,
+    not NF4 rounding's."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if size.bf16 else torch.float32)
+    dtype = torch.bfloat16 if size.bf16 else torch.float32
+    if size.load_in_4bit:  # bitsandbytes places the quantized weights itself; a 4-bit model refuses .to()
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization_config(size)).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
