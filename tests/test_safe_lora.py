@@ -93,46 +93,6 @@ def test_a_model_without_lora_is_refused(tmp_path):
                           "approximate", "safe_lora")
 
 
-def test_safe_lora_and_asft_through_safedistilltrainer(tmp_path, tiny_tokenizer):
-    """The config options reach the trainer: Safe LoRA runs at the end (report written, layers projected before the
-    adapter is saved) and AsFT's penalty is logged at every step."""
-    from datasets import Dataset
-    from peft import LoraConfig
-
-    from trl_safedistill.config import SafeDistillConfig
-    from trl_safedistill.methods import AsftCallback, SafeLoraCallback
-    from trl_safedistill.trainer import SafeDistillTrainer
-
-    from .conftest import make_tiny_model
-    from .test_trainer_loss import RECORDS
-
-    model = make_tiny_model(len(tiny_tokenizer), seed=5)
-    model.save_pretrained(tmp_path / "aligned")
-    g = torch.Generator().manual_seed(1)
-    unaligned = {n: (p.detach() - 0.01 * torch.randn(p.shape, generator=g)).contiguous()
-                 for n, p in model.named_parameters() if p.ndim == 2}
-    save_file(unaligned, str(tmp_path / "unaligned.safetensors"))
-    args = SafeDistillConfig(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
-        use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", seed=0, lr_scheduler_type="constant",
-        safe_lora=True, safe_lora_reference=str(tmp_path / "unaligned.safetensors"), safe_lora_threshold=1.0,
-        asft=True, asft_reference=str(tmp_path / "unaligned.safetensors"), asft_lambda=0.5,
-        aligned_weights=str(tmp_path / "aligned"),
-    )
-    trainer = SafeDistillTrainer(model, args, train_dataset=Dataset.from_list([r.to_dict() for r in RECORDS[:4]]),
-                                 processing_class=tiny_tokenizer,
-                                 peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    kinds = {type(c) for c in trainer.callback_handler.callbacks}
-    assert SafeLoraCallback in kinds and AsftCallback in kinds
-    trainer.train()
-    steps = [e for e in trainer.state.log_history if "loss" in e]
-    # logged at every step; zero at the first (B = 0 before it), positive once the adapter has moved
-    assert len(steps) == 2 and steps[0]["asft/penalty"] == 0.0 < steps[1]["asft/penalty"]
-    report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
-    assert report["projected"] == len(report["layers"]) == 4  # threshold 1: every layer (2 kinds x 2 layers)
-    assert all(math.isfinite(r["similarity"]) for r in report["layers"])
-
-
 def test_on_a_4bit_base_the_alignment_matrix_is_read_in_saved_precision(tmp_path):
     """QLoRA (the paper students' recipes): every layer's C on an NF4 base equals C from the full-precision weights,
     because W_aligned is read from the saved files (here the model's own folder), never from the NF4 copy, whose
@@ -181,3 +141,70 @@ def test_on_a_4bit_base_the_alignment_matrix_is_read_in_saved_precision(tmp_path
     save_file({"unrelated": torch.zeros(2, 2)}, str(tmp_path / "elsewhere.safetensors"))
     with pytest.raises(ValueError, match="quantized base"):
         layer_projections(four, unaligned, str(tmp_path / "elsewhere.safetensors"), "approximate", "safe_lora")
+
+
+@pytest.mark.parametrize("distill_format", ["standard", "cascade", "answer_first", "compressed", "adaptive"])
+def test_safe_lora_asft_and_the_direction_rule_train_with_every_format(tmp_path, tiny_tokenizer, distill_format):
+    """Issue 17 item 3: the baselines are SafeDistillConfig options for every format, beside the direction rule. Per
+    format: AsFT's penalty is logged at each step (0 while B = 0, then > 0), the direction rule's drift is logged, and
+    Safe LoRA (threshold 1: every layer) leaves each saved B in the column space of its alignment matrix."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    from trl_safedistill.config import SafeDistillConfig
+    from trl_safedistill.data.bbh_cot import load_bbh_cot
+    from trl_safedistill.formats import FORMATS
+    from trl_safedistill.trainer import SafeDistillTrainer
+
+    from .conftest import make_tiny_model
+
+    assert distill_format in FORMATS and len(FORMATS) == 5  # a new format joins this list
+    model = make_tiny_model(len(tiny_tokenizer), seed=5)
+    model.save_pretrained(tmp_path / "aligned")
+    g = torch.Generator().manual_seed(1)
+    # an alignment delta of rank 1 per matrix, so the alignment matrix's column space is a single known direction
+    deltas = {n: 0.01 * torch.outer(torch.randn(p.shape[0], generator=g), torch.randn(p.shape[1], generator=g))
+              for n, p in model.named_parameters() if p.ndim == 2}
+    save_file({n: (p.detach() - deltas[n]).contiguous() for n, p in model.named_parameters() if p.ndim == 2},
+              str(tmp_path / "unaligned.safetensors"))
+    rows = [r.to_dict() for r in load_bbh_cot("train")[::300][:4]]
+    extra = {}
+    if distill_format == "compressed":
+        for row in rows:
+            words = row["rationale"].split()
+            row["compressed"] = {"0.5": " ".join(words[::2])}
+        extra = {"compression_ratios": [0.5, 1.0]}
+    if distill_format == "adaptive":
+        extra = {"router_steps": 2, "router_batch_size": 2, "router_label_rule": "answer_loss"}
+    reference = str(tmp_path / "unaligned.safetensors")
+    args = SafeDistillConfig(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
+        use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", seed=0, lr_scheduler_type="constant",
+        distill_format=distill_format, max_length=512, overlong="skip", **extra,
+        safe_lora=True, safe_lora_reference=reference, safe_lora_threshold=1.0,
+        asft=True, asft_reference=reference, asft_lambda=0.5,
+        slow_tuning_rule="direction", slow_tuning_budget=0.5, slow_tuning_reference=reference,
+        aligned_weights=str(tmp_path / "aligned"),
+    )
+    trainer = SafeDistillTrainer(model, args, train_dataset=Dataset.from_list(rows), processing_class=tiny_tokenizer,
+                                 peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    trainer.train()
+    steps = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(steps) == 2 and steps[0]["asft/penalty"] == 0.0 < steps[1]["asft/penalty"]
+    assert any(k.startswith("slow_tuning/") for k in steps[1])
+    report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+    assert report["projected"] == len(report["layers"]) == 4
+    assert all(math.isfinite(r["similarity"]) for r in report["layers"])
+    trainer.save_model(str(tmp_path / "student"))
+    saved = load_file(str(tmp_path / "student" / "adapter_model.safetensors"))
+    checked = 0
+    for key, b in saved.items():
+        if "lora_B" not in key:
+            continue
+        name = key.split("base_model.model.")[1].split(".lora_B")[0] + ".weight"
+        direction = torch.linalg.svd(deltas[name], full_matrices=False)[0][:, :1]  # the column space of V (rank 1)
+        assert b.abs().max() > 0
+        torch.testing.assert_close(direction @ (direction.T @ b), b, rtol=1e-4, atol=1e-6)
+        checked += 1
+    assert checked == 4
