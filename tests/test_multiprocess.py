@@ -132,21 +132,25 @@ def test_two_processes_match_one_process_on_the_same_global_batch(runs, case):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_slow_tuning_matches_one_process(runs, tmp_path):
-    """ZeRO-3 shards the parameters: slow tuning gathers them for the anchor and each check and writes corrections
-    into DeepSpeed's fp32 masters; losses, drift and final (gathered) weights equal one process's (rtol 1e-4)."""
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_slow_tuning_matches_one_process(runs, tmp_path, stage):
+    """ZeRO-2 keeps the parameters whole but the optimizer's fp32 masters partitioned; ZeRO-3 shards the parameters
+    too, and slow tuning gathers them for the anchor and each check. Under both, corrections are written into
+    DeepSpeed's fp32 masters (else the next step would start from the uncorrected ones); losses, drift and final
+    (gathered) weights equal one process's (rtol 1e-4), with the shipped recipe's config."""
     pytest.importorskip("deepspeed")
     one_dir, _ = runs
-    config = tmp_path / "zero3_cpu.yaml"
-    text = (ROOT / "recipes" / "accelerate" / "deepspeed_zero3.yaml").read_text()
+    config = tmp_path / f"{stage}_cpu.yaml"
+    text = (ROOT / "recipes" / "accelerate" / f"deepspeed_{stage}.yaml").read_text()
+    assert "mixed_precision: bf16" in text
     config.write_text(text.replace("mixed_precision: bf16", 'mixed_precision: "no"'))  # CPU, float32 as one_dir
     cases = ["slow_project", "slow_scale", "slow_direction"]
     model_dir = one_dir.parent / "model"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                 "--num_processes", "2", "--main_process_port", str(_free_port())]
-    _run([*launcher, str(WORKER), str(model_dir), str(tmp_path / "zero3"), *cases], tmp_path / "zero3.log")
+    _run([*launcher, str(WORKER), str(model_dir), str(tmp_path / stage), *cases], tmp_path / f"{stage}.log")
     for case in cases:
-        one, two = _load(one_dir, case), _load(tmp_path / "zero3", case)
+        one, two = _load(one_dir, case), _load(tmp_path / stage, case)
         assert two["world"] == 2
         torch.testing.assert_close(torch.tensor(two["metrics"]["loss"]), torch.tensor(one["metrics"]["loss"]), rtol=1e-4, atol=0.0)
         torch.testing.assert_close(torch.tensor(two["metrics"]["slow_tuning/drift_max"]),
