@@ -121,21 +121,25 @@ def child(options: argparse.Namespace) -> None:
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
 
     times: list[float] = []
+    hooks: dict[int, float] = {}  # step -> seconds spent inside the safety methods' per-step hooks
+    clock: dict[str, float] = {}
 
-    class StepTimer(TrainerCallback):
+    def now() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    class StepStart(TrainerCallback):  # put first in the handler: the step starts before any other callback's hook
         def on_step_begin(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
+            clock["start"] = now()
 
+    class StepEnd(TrainerCallback):  # put last: the step ends after every other on_step_end (slow tuning corrects there)
         def on_step_end(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.start)
+            times.append(now() - clock["start"])
 
     if options.variant == "sft":
         trainer = SFTTrainer(model, SFTConfig(**common), train_dataset=dataset.select_columns(["input_ids", "labels"]),
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=[StepTimer()])
+                             processing_class=tokenizer, peft_config=peft_config)
     else:
         extra = {}
         aligned = dict(aligned_weights=f"{options.alignment_dir}/aligned.safetensors")
@@ -153,7 +157,24 @@ def child(options: argparse.Namespace) -> None:
             extra = dict(asft=True, asft_reference=unaligned, asft_lambda=1.0, **aligned)
         args = SafeDistillConfig(**common, distill_format="cascade", **extra)
         trainer = SafeDistillTrainer(model, args, train_dataset=dataset.remove_columns(["record_id"]),
-                                     processing_class=tokenizer, peft_config=peft_config, callbacks=[StepTimer()])
+                                     processing_class=tokenizer, peft_config=peft_config)
+    trainer.callback_handler.callbacks.insert(0, StepStart())
+    trainer.callback_handler.callbacks.append(StepEnd())
+
+    def timed_hook(inner):
+        def hook(args, state, control, **kwargs):
+            start = now()
+            inner(args, state, control, **kwargs)
+            hooks[state.global_step] = hooks.get(state.global_step, 0.0) + now() - start
+
+        return hook
+
+    for callback in trainer.callback_handler.callbacks:  # the methods' own per-step hooks, timed where they run
+        if not type(callback).__module__.startswith("trl_safedistill.methods"):
+            continue
+        for event in ("on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end", "on_step_end"):
+            if getattr(type(callback), event) is not getattr(TrainerCallback, event):  # overridden, not a no-op
+                setattr(callback, event, timed_hook(getattr(callback, event)))
     end_seconds = 0.0
     for callback in trainer.callback_handler.callbacks:  # Safe LoRA's one-off cost at the end of training
         if type(callback).__name__ == "SafeLoraCallback":
@@ -176,8 +197,10 @@ def child(options: argparse.Namespace) -> None:
     steady = times[1:] or times  # the first step pays one-off costs
     slow = getattr(trainer, "slow_tuning", None)
     projections = slow.projections_total if slow is not None else 0
+    # the hooks' seconds per steady step (global_step >= 1 once step 1 ends; on_step_begin of step k sees k - 1)
+    per_step = [hooks.get(step, 0.0) for step in range(1, len(times) + 1)][1:] or [0.0]
     print(json.dumps({"variant": options.variant, "step_s": statistics.median(steady), "peak_mib": peak,
-                      "projections": projections, "end_s": end_seconds,
+                      "projections": projections, "end_s": end_seconds, "hook_s": statistics.median(per_step),
                       "tokens_per_s": tokens / sum(times)}))
 
 
@@ -221,17 +244,21 @@ def main() -> None:
     print(f"model={options.model} qlora={options.qlora} batch={options.batch} max_length={options.max_length} "
           f"steps={options.steps} repeats={options.repeats} (interleaved; ratios per repeat against that repeat's sft)")
     print(f"{'variant':<10}{'step s':>9}{'peak MiB':>10}{'end s':>8}{'time ratio [min-max]':>25}"
-          f"{'memory ratio [min-max]':>27}{'proj.':>7}")
+          f"{'memory ratio [min-max]':>27}{'proj.':>7}{'hooks/step [min-max]':>26}")
     for variant, rows in results.items():
         step = statistics.median(r["step_s"] for r in rows)
         peak = statistics.median(r["peak_mib"] for r in rows)
         end = statistics.median(r["end_s"] for r in rows)
         times = [r["step_s"] / b["step_s"] for r, b in zip(rows, base)]
         memory = [r["peak_mib"] / b["peak_mib"] for r, b in zip(rows, base)]
+        # the methods' hooks as a share of the same run's step: timed inside one process, so machine noise between
+        # runs cancels (masking runs inside the loss, not in a hook, and is not in this column)
+        share = [r.get("hook_s", 0.0) / r["step_s"] for r in rows]
         print(f"{variant:<10}{step:>9.3f}{peak:>10.1f}{end:>8.2f}"
               f"{statistics.median(times):>10.3f} [{min(times):.3f}-{max(times):.3f}]"
               f"{statistics.median(memory):>12.3f} [{min(memory):.3f}-{max(memory):.3f}]"
-              f"{int(statistics.median(r['projections'] for r in rows)):>7}")
+              f"{int(statistics.median(r['projections'] for r in rows)):>7}"
+              f"{statistics.median(share):>11.2%} [{min(share):.2%}-{max(share):.2%}]")
 
 
 # ------------------------------------------------------------------------------------------------------------------
