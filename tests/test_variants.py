@@ -167,7 +167,7 @@ def test_the_shipped_settings_are_the_equal_effort_sweeps_choice(family, tmp_pat
         _calibrated_fields(build_config(calibrated.resolved("/ref"), tmp_path))
 
 
-@pytest.mark.parametrize("family", ["direction", "safe_lora", "asft", "refusal_mix"])
+@pytest.mark.parametrize("family", ["direction", "safe_lora", "asft", "refusal_mix", "lower_lr"])
 def test_each_baseline_recipe_ships_the_equal_effort_sweeps_choice(family, tmp_path):
     """recipes/embedded-default/<family>.yaml, read by the real parser, carries the sweep's calibrated choice for that
     family (the reference names the embedded default before `trl-safedistill align`), so a user can pick the baseline
@@ -179,9 +179,17 @@ def test_each_baseline_recipe_ships_the_equal_effort_sweeps_choice(family, tmp_p
     script_args, args, model_args = make_parser().parse_args_and_config(args=["--config", str(recipe), "--bf16", "false"])
     assert model_args.model_name_or_path == "outputs/embedded-default/aligned/merged"
     assert args.distill_format == "standard"
+    plain = _calibrated_fields(build_config(Method("plain", "plain", {}), tmp_path))
     if family == "refusal_mix":
         assert script_args.refusal_mix_fraction == choice["refusal_mix_fraction"]
-        assert _calibrated_fields(args) == _calibrated_fields(build_config(Method("plain", "plain", {}), tmp_path))
+        assert _calibrated_fields(args) == plain
+        return
+    if family == "lower_lr":  # the sweep's fraction of the rate, applied to standard.yaml's rate; nothing else on
+        _, standard, _ = make_parser().parse_args_and_config(
+            args=["--config", str(RECIPES / "embedded-default" / "standard.yaml"), "--bf16", "false"])
+        assert args.learning_rate == pytest.approx(choice["value"] * standard.learning_rate, rel=1e-9)
+        assert choice["config"]["learning_rate"] == pytest.approx(choice["value"] * 5e-4)  # the evidence size's rate
+        assert script_args.refusal_mix_fraction == 0.0 and _calibrated_fields(args) == plain
         return
     assert script_args.refusal_mix_fraction == 0.0
     for key in REFERENCE_FIELDS:

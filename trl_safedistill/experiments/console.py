@@ -32,8 +32,10 @@ QUIET_ENVIRONMENT = {
 }
 
 #: loggers kept to errors: libraries that log INFO/WARNING lines meant for their developers
+#: (``kernels``: transformers >= 5.25 loads bitsandbytes' hub kernel through it, which warns on every load in offline
+#: mode that it skips the publisher trust check)
 QUIET_LOGGERS = ("transformers", "datasets", "huggingface_hub", "lm_eval", "lm-eval", "bitsandbytes", "peft", "trl",
-                 "accelerate", "torch")
+                 "accelerate", "torch", "kernels")
 
 #: loggers that set their own level and handler when imported, so a level set beforehand does not hold: DeepSpeed's
 #: ``LoggerFactory.create_logger`` calls ``setLevel(WARNING)`` and adds a handler that writes to *stdout* (its import
