@@ -37,8 +37,9 @@ def test_recipe_parses_with_the_real_parser(recipe):
         if args.slow_tuning_rule != "off":  # protects the alignment made by `trl-safedistill align`
             assert model_args.model_name_or_path == "outputs/embedded-default/aligned/merged"
             assert args.slow_tuning_reference == "embedded-default"
-        elif args.entropy_mask_mode != "off" or args.safe_lora or args.asft or script_args.refusal_mix_fraction > 0:
-            # the masking ablation and the baselines start from the same aligned model
+        elif (args.entropy_mask_mode != "off" or args.safe_lora or args.asft or script_args.refusal_mix_fraction > 0
+              or recipe.stem == "lower_lr"):
+            # the masking ablation, the baselines and the lower-lr control start from the same aligned model
             assert model_args.model_name_or_path.endswith("aligned/merged")
         else:
             assert model_args.model_name_or_path == "embedded-default"
