@@ -121,7 +121,7 @@ def child(options: argparse.Namespace) -> None:
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
 
     times: list[float] = []
-    hooks: dict[int, float] = {}  # step -> seconds spent inside the safety methods' per-step hooks
+    hooks: dict[int, float] = {}  # step (1-based, counted here) -> seconds inside the safety methods' per-step hooks
     clock: dict[str, float] = {}
 
     def now() -> float:
@@ -131,6 +131,9 @@ def child(options: argparse.Namespace) -> None:
 
     class StepStart(TrainerCallback):  # put first in the handler: the step starts before any other callback's hook
         def on_step_begin(self, args, state, control, **kwargs):
+            # the step in progress, counted here: Trainer's global_step is one lower until the optimizer has stepped,
+            # so it would file a step's on_pre_optimizer_step (AsFT) under the step before
+            clock["step"] = len(times) + 1
             clock["start"] = now()
 
     class StepEnd(TrainerCallback):  # put last: the step ends after every other on_step_end (slow tuning corrects there)
@@ -165,7 +168,7 @@ def child(options: argparse.Namespace) -> None:
         def hook(args, state, control, **kwargs):
             start = now()
             inner(args, state, control, **kwargs)
-            hooks[state.global_step] = hooks.get(state.global_step, 0.0) + now() - start
+            hooks[clock["step"]] = hooks.get(clock["step"], 0.0) + now() - start
 
         return hook
 
@@ -197,8 +200,7 @@ def child(options: argparse.Namespace) -> None:
     steady = times[1:] or times  # the first step pays one-off costs
     slow = getattr(trainer, "slow_tuning", None)
     projections = slow.projections_total if slow is not None else 0
-    # the hooks' seconds per steady step (global_step >= 1 once step 1 ends; on_step_begin of step k sees k - 1)
-    per_step = [hooks.get(step, 0.0) for step in range(1, len(times) + 1)][1:] or [0.0]
+    per_step = [hooks.get(step, 0.0) for step in range(2, len(times) + 1)] or [0.0]  # the steady steps, as `steady`
     print(json.dumps({"variant": options.variant, "step_s": statistics.median(steady), "peak_mib": peak,
                       "projections": projections, "end_s": end_seconds, "hook_s": statistics.median(per_step),
                       "tokens_per_s": tokens / sum(times)}))

@@ -188,7 +188,7 @@ def test_each_baseline_recipe_ships_the_equal_effort_sweeps_choice(family, tmp_p
         _, standard, _ = make_parser().parse_args_and_config(
             args=["--config", str(RECIPES / "embedded-default" / "standard.yaml"), "--bf16", "false"])
         assert args.learning_rate == pytest.approx(choice["value"] * standard.learning_rate, rel=1e-9)
-        assert choice["config"]["learning_rate"] == pytest.approx(choice["value"] * 5e-4)  # the evidence size's rate
+        assert choice["config"]["learning_rate"] == pytest.approx(choice["value"] * get_size("evidence").distil_lr)
         assert script_args.refusal_mix_fraction == 0.0 and _calibrated_fields(args) == plain
         return
     assert script_args.refusal_mix_fraction == 0.0
