@@ -21,8 +21,12 @@ The alignment methods need unaligned and aligned weights: the parent writes them
 (``aligned.safetensors``: the model's weights; ``unaligned.safetensors``: minus a rank-8 delta of 0.2% of each
 projection's norm), so that no variant pays for them in time or memory.
 
-Peak memory is the peak resident set size on a CPU (``ru_maxrss``) and ``torch.cuda.max_memory_allocated``
-on a GPU. Goals (issues 2/3 and 17): step-time ratio <= 1.05, peak-memory ratio <= 1.02.
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU. On a CPU it is measured two ways: the peak resident set
+size (``ru_maxrss``: the whole process, which moves by a few percent from run to run) and, in a second process per
+variant and repeat, the peak of the bytes torch's CPU allocator holds ("allocated": the CPU analogue of
+``max_memory_allocated``, read from ``torch.profiler``'s memory events from before the model is built to the end of
+training; exact and repeatable, so its min-max range shows any run-to-run change). Step times come only from the
+unprofiled process. Goals (issues 2/3 and 17): step-time ratio <= 1.05, peak-memory ratio <= 1.02.
 
     python benchmarks/overhead.py                      # embedded default, LoRA, CPU
     python benchmarks/overhead.py --model tiny         # a random 2-layer Llama (quick)
@@ -98,10 +102,24 @@ def write_alignment_files(options: argparse.Namespace, folder: str) -> None:
     save_file(unaligned, os.path.join(folder, "unaligned.safetensors"))
 
 
+def peak_allocated_bytes(memory_events: list[tuple[int, int]]) -> int:
+    """The peak of the running sum of ``(time_ns, bytes)`` allocation events (frees negative), taken in time order.
+
+    Fed with ``torch.profiler``'s ``[memory]`` events (``profile_memory=True``), this is the most CPU memory torch
+    held at once while the profiler ran (a block allocated before it started reports no free)."""
+    held = peak = 0
+    for _, nbytes in sorted(memory_events):
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
 def child(options: argparse.Namespace) -> None:
-    """Train one variant and print one JSON line: median step time and peak memory."""
+    """Train one variant and print one JSON line: median step time and peak memory (``--measure allocated``: the
+    peak bytes held by torch's CPU allocator, read from the profiler, instead of times and resident memory)."""
     import torch
     from peft import LoraConfig
+    from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -110,6 +128,10 @@ def child(options: argparse.Namespace) -> None:
     from trl_safedistill.dataset import tokenize_records
 
     torch.set_num_threads(options.threads)
+    profiler = None
+    if options.measure == "allocated":  # every allocation from the model's weights to the end of training
+        profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        profiler.start()
     model, tokenizer = build_model(options.model, options.qlora)
     records = load_bbh_cot("train")[: options.batch * (options.steps + 1)]
     dataset = tokenize_records(records, tokenizer, "cascade", max_length=options.max_length, overlong="truncate")  # as measured
@@ -191,12 +213,16 @@ def child(options: argparse.Namespace) -> None:
 
             callback.on_train_end = timed
     trainer.train()
+    if profiler is not None:
+        profiler.stop()
+        events = [(e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
+        print(json.dumps({"variant": options.variant, "allocated_mib": peak_allocated_bytes(events) / 2**20}))
+        return
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() / 2**20
-        tokens = sum(len(x) for x in dataset["input_ids"][: options.batch * options.steps])
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        tokens = sum(len(x) for x in dataset["input_ids"][: options.batch * options.steps])
+    tokens = sum(len(x) for x in dataset["input_ids"][: options.batch * options.steps])
     steady = times[1:] or times  # the first step pays one-off costs
     slow = getattr(trainer, "slow_tuning", None)
     projections = slow.projections_total if slow is not None else 0
@@ -217,7 +243,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--qlora", action="store_true")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--no-allocated", action="store_true",
+                        help="on a CPU, skip the second (profiled) process per variant that measures allocated bytes")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", default="time", choices=("time", "allocated"), help=argparse.SUPPRESS)
     parser.add_argument("--alignment-dir", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.variant:
@@ -233,20 +262,31 @@ def main() -> None:
     passthrough = ["--model", options.model, "--steps", str(options.steps), "--batch", str(options.batch),
                    "--max-length", str(options.max_length), "--threads", str(options.threads), "--alignment-dir", folder]
     passthrough += ["--qlora"] * options.qlora + ["--gradient-checkpointing"] * options.gradient_checkpointing
+    import torch
+
+    measures = ["time"] + ["allocated"] * (not torch.cuda.is_available() and not options.no_allocated)
+
+    def run_child(variant: str, measure: str) -> dict:
+        out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant, "--measure", measure],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"variant {variant} ({measure}) failed:\n{out.stderr[-3000:]}")
+        return json.loads([row for row in out.stdout.splitlines() if row.startswith("{")][-1])
+
     for repeat in range(options.repeats):
         for variant in results:
-            out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"variant {variant} failed:\n{out.stderr[-3000:]}")
-            line = [row for row in out.stdout.splitlines() if row.startswith("{")][-1]
-            results[variant].append(json.loads(line))
-            print(f"repeat {repeat + 1}: {results[variant][-1]}", file=sys.stderr)
+            row: dict = {}
+            for measure in measures:  # the timed process and the profiled one, back to back
+                row.update(run_child(variant, measure))
+            results[variant].append(row)
+            print(f"repeat {repeat + 1}: {row}", file=sys.stderr)
     base = results["sft"]
     print(f"model={options.model} qlora={options.qlora} batch={options.batch} max_length={options.max_length} "
           f"steps={options.steps} repeats={options.repeats} (interleaved; ratios per repeat against that repeat's sft)")
-    print(f"{'variant':<10}{'step s':>9}{'peak MiB':>10}{'end s':>8}{'time ratio [min-max]':>25}"
-          f"{'memory ratio [min-max]':>27}{'proj.':>7}{'hooks/step [min-max]':>26}")
+    memory_name = "peak MiB" if torch.cuda.is_available() else "RSS MiB"
+    print(f"{'variant':<10}{'step s':>9}{memory_name:>10}{'end s':>8}{'time ratio [min-max]':>25}"
+          f"{'memory ratio [min-max]':>27}{'proj.':>7}{'hooks/step [min-max]':>26}"
+          + (f"{'alloc MiB':>11}{'allocated ratio [min-max]':>30}" if "allocated" in measures else ""))
     for variant, rows in results.items():
         step = statistics.median(r["step_s"] for r in rows)
         peak = statistics.median(r["peak_mib"] for r in rows)
@@ -260,7 +300,12 @@ def main() -> None:
               f"{statistics.median(times):>10.3f} [{min(times):.3f}-{max(times):.3f}]"
               f"{statistics.median(memory):>12.3f} [{min(memory):.3f}-{max(memory):.3f}]"
               f"{int(statistics.median(r['projections'] for r in rows)):>7}"
-              f"{statistics.median(share):>11.2%} [{min(share):.2%}-{max(share):.2%}]")
+              f"{statistics.median(share):>11.2%} [{min(share):.2%}-{max(share):.2%}]", end="")
+        if "allocated" in measures:
+            allocated = [r["allocated_mib"] / b["allocated_mib"] for r, b in zip(rows, base)]
+            print(f"{statistics.median(r['allocated_mib'] for r in rows):>11.1f}"
+                  f"{statistics.median(allocated):>13.4f} [{min(allocated):.4f}-{max(allocated):.4f}]", end="")
+        print()
 
 
 # ------------------------------------------------------------------------------------------------------------------
