@@ -249,7 +249,7 @@ def distil(
 def load_model(path: str, size: RunSize):
     """A saved full model (the aligned start) in the run's dtype, on the GPU when there is one, in eval mode.
 
-    Under a 4-bit size it is quantized to NF4 exactly as :func:`load_student` quantizes it as every student's base, so
+    Under a 4-bit size it is quantized to NF4; :func:`load_student` loads every student's base through this function, so
     the aligned start and the students are evaluated in the same quantisation and a measured erosion is the training's,
     not NF4 rounding's."""
     import torch
@@ -263,26 +263,22 @@ def load_model(path: str, size: RunSize):
 
 
 def load_student(start_model: str, final: Path, size: RunSize):
-    """The trained student for evaluation: the start model plus the LoRA adapter (merged unless 4-bit), or the full model."""
+    """The trained student for evaluation: the start model (loaded by :func:`load_model`, so in the same dtype and
+    quantisation as the aligned start is evaluated in) plus the LoRA adapter (merged unless 4-bit), or the full model."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if size.bf16 else torch.float32
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     if (Path(final) / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(start_model, dtype=dtype, quantization_config=quantization_config(size))
-        model = PeftModel.from_pretrained(base, str(final))
+        model = PeftModel.from_pretrained(load_model(start_model, size), str(final))
         if not size.load_in_4bit:
             # W + s·B·A folded in once: generation then runs one matmul per layer instead of three. Not under 4-bit,
             # where merging would re-quantize the sum and change the model being evaluated.
             model = model.merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(final), dtype=dtype)
-    if not size.load_in_4bit:
-        model = model.to(device)
-    return model.eval()
+        return model.eval()
+    model = AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.bfloat16 if size.bf16 else torch.float32)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def load_student_router(final: Path | str, model):
